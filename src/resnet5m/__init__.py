@@ -1,0 +1,23 @@
+"""resnet5m: residual networks under 5M parameters for CIFAR-10."""
+
+from .checkpoint import load_weights, save_weights
+from .data import CLASSES, load_split
+from .errors import UserError
+from .evaluate import evaluate
+from .model import ARCHS, build_model, count_params
+from .train import TrainConfig, train
+
+__version__ = "0.1.0"
+__all__ = [
+    "ARCHS",
+    "CLASSES",
+    "TrainConfig",
+    "UserError",
+    "build_model",
+    "count_params",
+    "evaluate",
+    "load_split",
+    "load_weights",
+    "save_weights",
+    "train",
+]

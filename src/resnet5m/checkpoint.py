@@ -1,0 +1,190 @@
+"""Saving and safely loading model weights.
+
+Our format is a plain dict (loadable with weights_only=True) holding the state dict and its
+metadata. The loader also takes a bare state dict in the original project's key format and a
+DataParallel/DDP (`module.`-prefixed) one, and refuses anything else with one clear line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .model import ARCHS, ResNetConfig, arch_name, build_model, count_params, get_config, infer_config
+
+FORMAT = "resnet5m-weights"
+FORMAT_VERSION = 1
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; choose another path or remove it first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_weights(
+    path: str | os.PathLike,
+    model: nn.Module,
+    arch: str | None = None,
+    *,
+    metrics: dict | None = None,
+    recipe: dict | None = None,
+    history: list | None = None,
+    extra: dict | None = None,
+    half: bool = False,
+    overwrite: bool = False,
+) -> str:
+    """Save weights with metadata in our format; return the file's sha256."""
+    config: ResNetConfig = model.config
+    state = {k: v.detach().cpu() for k, v in unwrap_state_dict(model.state_dict()).items()}
+    if half:  # storage only: the loader casts back to fp32
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": arch or arch_name(config),
+        "config": config.to_dict(),
+        "params": count_params(model),
+        "state_dict": state,
+        "metrics": metrics or {},
+        "recipe": recipe or {},
+        "history": history or [],
+        "torch_version": str(torch.__version__),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    atomic_save(payload, path, overwrite=overwrite)
+    return sha256_of(path)
+
+
+def unwrap_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip a `module.` / `_orig_mod.` prefix shared by every key."""
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _torch_load(path: Path, device: torch.device | str) -> Any:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e) and "GLOBAL" in str(e):
+            raise UserError(
+                f"{path} holds a pickled Python object (e.g. a whole model saved with torch.save(model)), "
+                "which is not loaded for safety; re-save it with torch.save(model.state_dict(), path)"
+            ) from e
+        raise UserError(f"{path} is not a PyTorch checkpoint or is truncated; download or copy it again") from e
+    except Exception as e:  # the unpickler fails on junk bytes with KeyError, EOFError, RuntimeError, ...
+        raise UserError(f"{path} is not a PyTorch checkpoint or is truncated; download or copy it again") from e
+
+
+def _split_payload(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Separate the state dict from metadata for each accepted layout."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        return obj["state_dict"], meta
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, {}
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a training checkpoint of ours
+        return obj["model"], {"arch": obj["arch"]} if "arch" in obj else {}
+    raise UserError(f"{path} holds no model state dict; pass a weights file saved by resnet5m or torch.save(model.state_dict())")
+
+
+def _describe(config: ResNetConfig | None) -> str:
+    if config is None:
+        return "not a resnet5m/original-format ResNet"
+    name = arch_name(config)
+    shape = f"blocks {list(config.blocks)}, widths {list(config.widths)}"
+    return f"arch '{name}' ({shape})" if name else f"a ResNet with {shape}"
+
+
+def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}")
+        if mismatched:
+            parts.append(f"shape mismatch at {mismatched[:3]}")
+        raise UserError(f"{path} does not fit arch '{arch}': {'; '.join(parts)}; it looks like {_describe(infer_config(state))}")
+
+
+@dataclass
+class LoadedWeights:
+    """A model with its weights loaded, plus what the file said about itself."""
+
+    model: nn.Module
+    arch: str
+    sha256: str
+    meta: dict = field(default_factory=dict)
+
+
+def load_weights(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    device: torch.device | str = "cpu",
+    expected_sha256: str | None = None,
+) -> LoadedWeights:
+    """Load a weights file safely (weights_only=True), checking its sha256 when one is expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found; pass --weights PATH to an existing .pt file")
+    digest = sha256_of(path)
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise UserError(f"{path} has sha256 {digest}, expected {expected_sha256}; the file is corrupt or not the one published")
+    state, meta = _split_payload(_torch_load(path, device), path)
+    state = unwrap_state_dict(state)
+    if arch is None:
+        if "config" in meta:
+            config = ResNetConfig.from_dict(meta["config"])
+        elif meta.get("arch") in ARCHS:
+            config = get_config(meta["arch"])
+        else:
+            config = infer_config(state)
+        if config is None:
+            raise UserError(f"{path}: cannot tell the architecture from its keys; pass --arch NAME")
+        arch = meta.get("arch") or arch_name(config) or "custom"
+    else:
+        config = get_config(arch)
+    model = build_model(config, allow_over_limit=True)
+    _check_keys(model, state, arch, path)
+    # fp16-stored weights go back to fp32; integer buffers (num_batches_tracked) keep their dtype.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return LoadedWeights(model.to(device), arch, digest, meta)

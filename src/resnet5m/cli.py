@@ -1,0 +1,130 @@
+"""The `resnet5m` command line: info, evaluate, train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repository's weights/ in a source checkout
+
+
+def default_weights(arch: str) -> Path:
+    """The shipped weights for an arch: ./weights/ first, then the source checkout's weights/."""
+    name = f"resnet5m_{arch}.pt"
+    for folder in (Path("weights"), WEIGHTS_DIR):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"no shipped weights {name} found in ./weights or {WEIGHTS_DIR}; pass --weights PATH")
+
+
+def cmd_info(args: argparse.Namespace) -> dict:
+    from .model import build_model, count_params, macs_per_image
+
+    model = build_model(args.arch, allow_over_limit=True)
+    params = count_params(model)
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    info = {
+        "arch": args.arch,
+        "config": model.config.to_dict(),
+        "params": params,
+        "fp32_mb": round((params + buffers) * 4 / 1e6, 2),
+        "fp16_mb": round((params + buffers) * 2 / 1e6, 2),
+        "macs_per_image": macs_per_image(model),
+    }
+    if not args.json:
+        print(f"arch            {info['arch']}  (blocks {info['config']['blocks']}, widths {info['config']['widths']})")
+        print(f"parameters      {params:,}")
+        print(f"size fp32/fp16  {info['fp32_mb']} MB / {info['fp16_mb']} MB")
+        print(f"multiply-adds   {info['macs_per_image'] / 1e6:,.1f} M per 32x32 image")
+    return info
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from .checkpoint import load_weights
+    from .data import load_split
+    from .evaluate import evaluate
+    from .runtime import pick_device, prepare
+
+    device = pick_device(args.device)
+    weights = Path(args.weights) if args.weights else default_weights(args.arch or "seed")
+    loaded = load_weights(weights, arch=args.arch, device=device)
+    images, labels = load_split(args.split, args.data_dir, download_missing=args.download)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    model = prepare(loaded.model, device)
+    result = evaluate(model, images, labels, device=device, batch_size=args.batch_size, tta=args.tta, progress=not args.json)
+    out = {
+        "arch": loaded.arch,
+        "weights": str(weights),
+        "weights_sha256": loaded.sha256,
+        "split": args.split,
+        "device": str(device),
+    }
+    out.update(result.to_dict())
+    if not args.json:
+        print(f"weights   {weights}  (arch {loaded.arch}, sha256 {loaded.sha256[:16]}...)")
+        print(
+            f"{args.split} accuracy  {100 * result.accuracy:.2f}% ± {100 * result.stderr:.2f} on {result.n:,} images"
+            f"{' with flip TTA' if args.tta else ''}; loss {result.loss:.4f}"
+        )
+        print("per class  " + "  ".join(f"{name} {100 * acc:.1f}" for name, acc in result.per_class.items()))
+        print(f"speed     {result.images_per_s:.0f} images/s on {device}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet5m", description="Small ResNets for CIFAR-10.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="parameters, size and multiply-adds of an architecture")
+    p.add_argument("--arch", default="seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("evaluate", help="accuracy of trained weights on CIFAR-10")
+    p.add_argument("--weights", help="a .pt file (default: the shipped weights/resnet5m_<arch>.pt)")
+    p.add_argument("--arch", help="architecture (default: read from the weights file)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    p.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download CIFAR-10 when it is missing (default: on)",
+    )
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    from .train import add_train_arguments, cmd_train
+
+    p = sub.add_parser("train", help="train a network, with checkpoints and resume")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = args.func(args)
+    except UserError as e:
+        print(f"resnet5m: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resnet5m: interrupted", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False):
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

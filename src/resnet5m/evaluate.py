@@ -1,0 +1,105 @@
+"""Accuracy, loss, per-class accuracy and the confusion matrix of a model on a split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import CLASSES, normalize
+from .runtime import autocast
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation measured. `predictions` is kept for plots, not for JSON."""
+
+    accuracy: float
+    loss: float
+    n: int
+    per_class: dict[str, float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    predictions: torch.Tensor
+    seconds: float
+    tta: bool
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def stderr(self) -> float:
+        """Binomial standard error of the accuracy."""
+        return (self.accuracy * (1 - self.accuracy) / max(self.n, 1)) ** 0.5
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_stderr": self.stderr,
+            "n": self.n,
+            "loss": self.loss,
+            "per_class": self.per_class,
+            "confusion": self.confusion,
+            "tta": self.tta,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 1),
+        }
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits for a normalized batch; with tta, the mean over the image and its mirror."""
+    logits = model(x)
+    if tta:
+        logits = (logits + model(x.flip(3))) / 2
+    return logits
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+    tta: bool = False,
+    precision: str = "auto",
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate on uint8 images (N, 3, 32, 32) with int64 labels (N,)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    n = len(labels)
+    predictions = torch.empty(n, dtype=torch.int64)
+    total_loss = 0.0
+    start = time.perf_counter()
+    steps = range(0, n, batch_size)
+    for i in tqdm(steps, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        x = normalize(images[i : i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        y = labels[i : i + batch_size].to(device)
+        with autocast(device, precision):
+            logits = predict_logits(model, x, tta).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        predictions[i : i + batch_size] = logits.argmax(1).cpu()
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+
+    k = len(CLASSES)
+    confusion = torch.bincount(labels.cpu() * k + predictions, minlength=k * k).view(k, k)
+    support = confusion.sum(1).clamp(min=1)
+    per_class = (confusion.diag().double() / support).tolist()
+    return EvalResult(
+        accuracy=(predictions == labels.cpu()).double().mean().item() if n else float("nan"),
+        loss=total_loss / max(n, 1),
+        n=n,
+        per_class=dict(zip(CLASSES, per_class, strict=True)),
+        confusion=confusion.tolist(),
+        predictions=predictions,
+        seconds=seconds,
+        tta=tta,
+    )

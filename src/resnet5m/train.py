@@ -1,0 +1,426 @@
+"""Training: one config in, the per-epoch history out; checkpoints every epoch, exact resume.
+
+The data set lives as one uint8 tensor on the training device and every batch is augmented with
+batched tensor ops, so no DataLoader workers are needed. Under `torchrun` the same code runs
+data-parallel: every rank draws the same permutation and augmentations and takes its own rows
+of each global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import augment
+from .checkpoint import atomic_save, save_weights
+from .data import load_split, normalize
+from .errors import UserError
+from .evaluate import evaluate
+from .model import build_model
+from .runtime import autocast, pick_device, prepare
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.json"
+RUN_FORMAT = "resnet5m-run"
+
+
+def _f(default, help: str):  # noqa: A002 - mirrors argparse's name
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; each field is also a `resnet5m train` flag. Defaults are the seed recipe."""
+
+    arch: str = _f("seed", "architecture name")
+    epochs: int = _f(30, "number of epochs")
+    batch_size: int = _f(256, "global batch size (split across ranks under torchrun)")
+    lr: float = _f(0.2, "peak learning rate")
+    momentum: float = _f(0.9, "Nesterov momentum")
+    weight_decay: float = _f(5e-4, "weight decay (not applied to BatchNorm and biases)")
+    label_smoothing: float = _f(0.1, "label smoothing")
+    warmup_epochs: float = _f(1.0, "linear warmup length in epochs")
+    schedule: str = _f("linear", "decay after warmup: linear or cosine (to zero, stepped per batch)")
+    crop_pad: int = _f(4, "random-crop reflect padding in pixels (0: no crop)")
+    flip: bool = _f(True, "random horizontal flips")
+    cutout: int = _f(0, "cutout square size in pixels (0: off)")
+    progressive: str = _f("", "early epochs at lower resolution, e.g. '16:4,24:4' (4 epochs at 16 px, 4 at 24, rest 32)")
+    ema: bool = _f(False, "evaluate an exponential moving average of the weights")
+    ema_decay: float = _f(0.999, "EMA decay per step")
+    tta: bool = _f(True, "flip test-time augmentation at evaluation")
+    val_size: int = _f(5000, "hold out the last N training images for validation (0: train on all)")
+    subset: int = _f(0, "train on the first N training images only (0: all)")
+    test: bool = _f(False, "evaluate on the test split once, at the end")
+    seed: int = _f(0, "random seed")
+    device: str = _f("auto", "auto, cpu, cuda or mps")
+    precision: str = _f("auto", "auto (bf16 autocast on CPU/CUDA) or fp32")
+    compile: bool = _f(False, "torch.compile the model (worth it on GPU for long runs)")
+    out: str = _f("runs/default", "run folder for checkpoints, history and final weights")
+    resume: bool = _f(False, "continue from the run folder's last checkpoint")
+    data_dir: str | None = _f(None, "folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    download: bool = _f(True, "download CIFAR-10 when it is missing")
+    quiet: bool = _f(False, "no progress bars, one line per epoch")
+
+
+# Fields that may differ when a run is resumed (where and how it runs, not what it computes).
+RUNTIME_FIELDS = {"device", "out", "resume", "data_dir", "download", "quiet", "compile", "test"}
+
+
+def parse_progressive(spec: str, epochs: int) -> list[int]:
+    """'16:4,24:4' -> the input resolution of each epoch, e.g. [16]*4 + [24]*4 + [32]*(epochs-8)."""
+    sizes: list[int] = []
+    for part in filter(None, spec.split(",")):
+        try:
+            size, n = (int(v) for v in part.split(":"))
+        except ValueError as e:
+            raise UserError(f"bad --progressive '{spec}'; write SIZE:EPOCHS pairs like '16:4,24:4'") from e
+        if not 8 <= size <= 32 or n < 0:
+            raise UserError(f"bad --progressive '{spec}'; sizes run 8..32 and epochs are >= 0")
+        sizes += [size] * n
+    return (sizes + [32] * epochs)[:epochs]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at a step: linear warmup, then linear or cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return max(1.0 - progress, 0.0)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """Nesterov SGD; no weight decay on BatchNorm weights and biases (all 1-d tensors)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (weights and BN statistics)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = prepare(build_model(model.config, allow_over_limit=True), next(model.parameters()).device)
+        self.model.load_state_dict(model.state_dict())
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, m in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+            if e.is_floating_point():
+                e.lerp_(m, 1 - self.decay)
+            else:
+                e.copy_(m)
+
+
+@dataclass
+class Dist:
+    """Rank and world size; world 1 when not under torchrun."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def split_data(cfg: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """(train images, labels) and the held-out (val images, labels), or None when val_size is 0."""
+    images, labels = load_split("train", cfg.data_dir, download_missing=cfg.download)
+    if cfg.val_size < 0 or cfg.val_size >= len(labels):
+        raise UserError(f"--val-size must be in 0..{len(labels) - 1}, got {cfg.val_size}")
+    n_train = len(labels) - cfg.val_size
+    val = (images[n_train:], labels[n_train:]) if cfg.val_size else None
+    train = (images[:n_train], labels[:n_train])
+    if cfg.subset:
+        train = (train[0][: cfg.subset], train[1][: cfg.subset])
+    return train, val
+
+
+def check_config(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.lr <= 0:
+        raise UserError("--epochs must be >= 1, --batch-size >= 2 and --lr > 0")
+    if cfg.schedule not in ("linear", "cosine"):
+        raise UserError(f"unknown --schedule '{cfg.schedule}'; use linear or cosine")
+    parse_progressive(cfg.progressive, cfg.epochs)
+
+
+class Trainer:
+    """Holds the state of one run: model, optimizer, schedule, EMA, data and history."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        check_config(cfg)
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dist = init_distributed(self.device)
+        self.out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        self.model = prepare(build_model(cfg.arch), self.device)
+        (self.train_x, self.train_y), self.val = split_data(cfg)
+        # Padded once; each step gathers its crops from here. Kept on the training device.
+        self.padded = augment.reflect_pad(self.train_x, cfg.crop_pad).to(self.device)
+        self.train_y = self.train_y.to(self.device)
+        n = len(self.train_y)
+        self.steps_per_epoch = max(n // cfg.batch_size, 1)  # drop the ragged last batch (BatchNorm needs > 1 image)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.sizes = parse_progressive(cfg.progressive, cfg.epochs)
+        self.optimizer = make_optimizer(self.model, cfg)
+        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, cfg.schedule)
+        )
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.history: list[dict] = []
+        self.epoch = 0  # epochs completed
+        self.net: nn.Module = self.model
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "format": RUN_FORMAT,
+            "config": asdict(self.cfg),
+            "arch": self.cfg.arch,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "rng": {"torch": torch.get_rng_state()},
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.dist.main:
+            atomic_save(self.state(), self.out / CHECKPOINT)
+            tmp = self.out / f".{HISTORY}.tmp"
+            tmp.write_text(json.dumps(self.history, indent=1))
+            os.replace(tmp, self.out / HISTORY)
+
+    def load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except FileNotFoundError as e:
+            raise UserError(f"nothing to resume: {path} does not exist; drop --resume to start a new run") from e
+        except Exception as e:
+            raise UserError(f"cannot resume: {path} is unreadable ({type(e).__name__}); start a new --out") from e
+        if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+            raise UserError(f"cannot resume: {path} is not a resnet5m training checkpoint")
+        saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
+        wanted = {k: v for k, v in asdict(self.cfg).items() if k not in RUNTIME_FIELDS}
+        changed = [k for k in wanted if saved.get(k) != wanted[k]]
+        if changed:
+            raise UserError(
+                f"cannot resume {path}: the recipe differs in {', '.join(changed)} "
+                f"(saved: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); pass the same flags"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema:
+            self.ema.model.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.epoch, self.history = state["epoch"], state["history"]
+
+    # --- one epoch -----------------------------------------------------------------------------
+    def batches(self, epoch: int):
+        """Yield (augmented uint8 images, labels) of this rank for every step of an epoch."""
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # per epoch: resume-exact
+        n = len(self.train_y)
+        perm = torch.randperm(n, generator=g)
+        b = min(cfg.batch_size, n)
+        for step in range(self.steps_per_epoch):
+            idx = perm[step * b : (step + 1) * b]
+            params = augment.draw_params(len(idx), cfg.crop_pad, cfg.cutout, g)
+            if not cfg.flip:
+                params["flip"].zero_()
+            mine = slice(self.dist.rank, None, self.dist.world)  # this rank's rows of the global batch
+            idx, params = idx[mine], {k: v[mine] for k, v in params.items()}
+            idx_dev = idx.to(self.device)
+            yield augment.apply(self.padded[idx_dev], params, cfg.cutout), self.train_y[idx_dev]
+
+    def train_epoch(self, epoch: int, size: int) -> dict:
+        cfg = self.cfg
+        self.net.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        start = time.perf_counter()
+        bar = tqdm(
+            self.batches(epoch),
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=cfg.quiet or not self.dist.main,
+            leave=False,
+        )
+        for step, (xb, yb) in enumerate(bar):
+            x = normalize(xb).contiguous(memory_format=torch.channels_last)
+            if size != 32:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            with autocast(self.device, cfg.precision):
+                logits = self.net(x)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    "lower --lr or check the data"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema:
+                self.ema.update(self.model)
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+            seen += len(yb)
+        seconds = time.perf_counter() - start
+        stats = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=self.device)])
+        if self.dist.world > 1:
+            dist.all_reduce(stats)
+            for buf in self.model.buffers():  # BN statistics: rank 0's, so every rank saves the same state
+                dist.broadcast(buf, 0)
+        loss_total, correct_total, seen_total = stats.tolist()
+        return {
+            "train_loss": loss_total / seen_total,
+            "train_acc": correct_total / seen_total,
+            "seconds": seconds,
+            "images_per_s": seen_total / seconds,
+        }
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.model if self.ema else self.model
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        if cfg.resume:
+            self.load_checkpoint()
+        elif (self.out / CHECKPOINT).exists():
+            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        try:
+            while self.epoch < cfg.epochs:
+                self.history.append(self.one_epoch())
+                self.epoch += 1
+                self.save_checkpoint()
+        except KeyboardInterrupt:
+            if self.dist.main:
+                print(
+                    f"\ninterrupted in epoch {self.epoch + 1}; the last checkpoint ({self.epoch} epochs) is in "
+                    f"{self.out / CHECKPOINT}; continue with --resume",
+                    file=sys.stderr,
+                )
+            raise
+        return self.history
+
+    def one_epoch(self) -> dict:
+        epoch, size = self.epoch, self.sizes[self.epoch]
+        row = {"epoch": epoch + 1, "size": size, "lr": self.optimizer.param_groups[0]["lr"]}  # lr at the epoch's start
+        row.update(self.train_epoch(epoch, size))
+        if self.val is not None:
+            res = evaluate(
+                self.eval_model(), *self.val, device=self.device, tta=self.cfg.tta, precision=self.cfg.precision, progress=False
+            )
+            row.update(val_loss=res.loss, val_acc=res.accuracy)
+        if self.dist.main:
+            val = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
+            print(
+                f"epoch {epoch + 1:3d}/{self.cfg.epochs} {size}px  train loss {row['train_loss']:.4f} "
+                f"acc {100 * row['train_acc']:.2f}%{val}  lr {row['lr']:.4f}  {row['seconds']:.0f}s "
+                f"{row['images_per_s']:.0f} img/s",
+                flush=True,
+            )
+        return row
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """Train (or resume) a run as configured; save final weights in the run folder; return the history."""
+    trainer = Trainer(cfg)
+    history = trainer.run()
+    metrics: dict = {}
+    if history and "val_acc" in history[-1]:
+        metrics.update(val_acc=history[-1]["val_acc"], val_n=cfg.val_size)
+    if cfg.test:
+        images, labels = load_split("test", cfg.data_dir, download_missing=cfg.download)
+        res = evaluate(
+            trainer.eval_model(),
+            images,
+            labels,
+            device=trainer.device,
+            tta=cfg.tta,
+            precision=cfg.precision,
+            progress=not cfg.quiet,
+        )
+        metrics.update(test_acc=res.accuracy, test_n=res.n, test_loss=res.loss)
+        if trainer.dist.main:
+            print(f"test accuracy {100 * res.accuracy:.2f}% on {res.n:,} images", flush=True)
+    if trainer.dist.main:
+        path = trainer.out / f"resnet5m_{cfg.arch}.pt"
+        extra = {
+            "command": " ".join(["resnet5m", *sys.argv[1:]]) if sys.argv else "",
+            "seed": cfg.seed,
+            "data": {"train_images": len(trainer.train_y), "val_images": cfg.val_size},
+        }
+        digest = save_weights(
+            path,
+            trainer.eval_model(),
+            cfg.arch,
+            metrics=metrics,
+            recipe=asdict(cfg),
+            history=history,
+            extra=extra,
+            overwrite=True,
+        )
+        print(f"saved weights to {path} (sha256 {digest})", flush=True)
+    if trainer.dist.world > 1:
+        dist.barrier()
+    return history
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with the field's default and help."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    history = train(cfg)
+    return {"history": history}

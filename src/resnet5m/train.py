@@ -237,9 +237,10 @@ class Trainer:
             raise UserError(f"cannot resume: {path} is unreadable ({type(e).__name__}); start a new --out") from e
         if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
             raise UserError(f"cannot resume: {path} is not a resnet5m training checkpoint")
-        saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
-        wanted = {k: v for k, v in asdict(self.cfg).items() if k not in RUNTIME_FIELDS}
-        changed = [k for k in wanted if saved.get(k) != wanted[k]]
+        # A field added to TrainConfig after the checkpoint was written counts as its default.
+        saved = {f.name: state["config"].get(f.name, f.default) for f in fields(TrainConfig)}
+        wanted = asdict(self.cfg)
+        changed = [k for k in wanted if k not in RUNTIME_FIELDS and saved[k] != wanted[k]]
         if changed:
             raise UserError(
                 f"cannot resume {path}: the recipe differs in {', '.join(changed)} "

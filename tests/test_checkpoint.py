@@ -1,0 +1,148 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet5m.checkpoint import load_weights, save_weights, sha256_of
+from resnet5m.errors import UserError
+from resnet5m.model import build_model
+
+
+class OriginalBlock(nn.Module):
+    """An independent re-statement of the original project's BasicBlock, for its key names."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
+
+
+class OriginalResNet(nn.Module):
+    def __init__(self, blocks=(5, 4, 3), widths=(64, 128, 256)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        c = widths[0]
+        for i, (n, w) in enumerate(zip(blocks, widths, strict=True)):
+            layers = []
+            for j in range(n):
+                layers.append(OriginalBlock(c, w, 2 if (i and not j) else 1))
+                c = w
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+        self.linear = nn.Linear(c, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def randomized(model: nn.Module) -> nn.Module:
+    """Give BN statistics non-default values so a load that skipped them would show."""
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def test_original_state_dict_loads_strictly_and_agrees(tmp_path):
+    original = randomized(OriginalResNet())
+    torch.save(original.state_dict(), tmp_path / "orig.pt")
+    loaded = load_weights(tmp_path / "orig.pt")
+    assert loaded.arch == "seed"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.eval()(x), original(x), atol=1e-5)
+
+
+def test_our_format_round_trip_with_metadata(tmp_path):
+    model = randomized(build_model("tiny"))
+    digest = save_weights(tmp_path / "w.pt", model, "tiny", metrics={"test_acc": 0.5}, history=[{"epoch": 1}])
+    assert digest == sha256_of(tmp_path / "w.pt")
+    loaded = load_weights(tmp_path / "w.pt", expected_sha256=digest)
+    assert loaded.arch == "tiny" and loaded.meta["metrics"]["test_acc"] == 0.5 and loaded.meta["history"] == [{"epoch": 1}]
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v)
+
+
+def test_fp16_storage_loads_back_as_fp32(tmp_path):
+    model = randomized(build_model("tiny"))
+    save_weights(tmp_path / "h.pt", model, half=True)
+    loaded = load_weights(tmp_path / "h.pt")
+    w = loaded.model.state_dict()["conv1.weight"]
+    assert w.dtype == torch.float32 and torch.allclose(w, model.state_dict()["conv1.weight"], atol=1e-3)
+
+
+def test_save_never_overwrites_by_default(tmp_path):
+    model = build_model("tiny")
+    save_weights(tmp_path / "w.pt", model)
+    before = sha256_of(tmp_path / "w.pt")
+    with pytest.raises(UserError, match="already exists"):
+        save_weights(tmp_path / "w.pt", build_model("tiny"))
+    assert sha256_of(tmp_path / "w.pt") == before
+
+
+def test_module_prefixed_state_dict_loads(tmp_path):
+    model = randomized(build_model("tiny"))
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
+    loaded = load_weights(tmp_path / "ddp.pt")
+    assert loaded.arch == "tiny"
+    assert torch.equal(loaded.model.state_dict()["bn1.running_mean"], model.state_dict()["bn1.running_mean"])
+
+
+def test_whole_pickled_model_is_refused(tmp_path):
+    torch.save(build_model("tiny"), tmp_path / "whole.pt")
+    with pytest.raises(UserError, match="pickled Python object.*state_dict"):
+        load_weights(tmp_path / "whole.pt")
+
+
+def test_arch_mismatch_names_keys_and_the_lookalike(tmp_path):
+    torch.save(build_model("tiny").state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(UserError, match=r"does not fit arch 'seed'.*missing keys \['layer1.1.*looks like arch 'tiny'"):
+        load_weights(tmp_path / "tiny.pt", arch="seed")
+
+
+def test_foreign_state_dict_is_refused(tmp_path):
+    torch.save({"fc.weight": torch.zeros(10, 4)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="cannot tell the architecture"):
+        load_weights(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="does not fit arch 'seed'.*not a resnet5m/original-format ResNet"):
+        load_weights(tmp_path / "other.pt", arch="seed")
+
+
+@pytest.mark.parametrize("content", [b"hello", b"", None])
+def test_truncated_or_junk_files_are_refused(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    if content is None:  # a real checkpoint cut short
+        save_weights(tmp_path / "good.pt", build_model("tiny"))
+        content = (tmp_path / "good.pt").read_bytes()[:2000]
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a PyTorch checkpoint or is truncated"):
+        load_weights(path)
+
+
+def test_non_checkpoint_object_is_refused(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(UserError, match="holds no model state dict"):
+        load_weights(tmp_path / "list.pt")
+
+
+def test_sha256_mismatch_is_refused(tmp_path):
+    save_weights(tmp_path / "w.pt", build_model("tiny"))
+    with pytest.raises(UserError, match="expected 00ff.*corrupt"):
+        load_weights(tmp_path / "w.pt", expected_sha256="00ff")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="not found; pass --weights"):
+        load_weights(tmp_path / "nope.pt")

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_checkpoint import OriginalResNet, randomized
+
+from resnet5m.checkpoint import save_weights
+from resnet5m.cli import main
+from resnet5m.model import build_model
+
+
+def run_json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_info_prints_the_seed_parameter_count(capsys):
+    assert main(["info", "--arch", "seed"]) == 0
+    assert "4,771,146" in capsys.readouterr().out
+    info = run_json(capsys, ["info", "--arch", "seed", "--json"])
+    assert info["params"] == 4_771_146 and info["macs_per_image"] > 800e6 and 9 < info["fp16_mb"] < 10
+
+
+def test_evaluate_original_format_json(tmp_path, cifar_dir, capsys):
+    torch.save(randomized(OriginalResNet()).state_dict(), tmp_path / "orig.pt")
+    out = run_json(capsys, ["evaluate", "--weights", str(tmp_path / "orig.pt"), "--data-dir", str(cifar_dir), "--json"])
+    assert out["arch"] == "seed" and out["n"] == 200 and len(out["weights_sha256"]) == 64
+    assert 0 <= out["accuracy"] <= 1 and out["loss"] > 0 and set(out["per_class"]) >= {"airplane", "truck"}
+    assert sum(map(sum, out["confusion"])) == 200
+
+
+def test_evaluate_our_format_with_tta_and_train_split(tmp_path, cifar_dir, capsys):
+    save_weights(tmp_path / "w.pt", build_model("tiny"), "tiny")
+    argv = ["evaluate", "--weights", str(tmp_path / "w.pt"), "--data-dir", str(cifar_dir), "--json"]
+    out = run_json(capsys, argv + ["--tta", "--split", "train", "--limit", "300"])
+    assert out["arch"] == "tiny" and out["n"] == 300 and out["tta"] is True and out["split"] == "train"
+
+
+def test_evaluate_human_output(tmp_path, cifar_dir, capsys):
+    save_weights(tmp_path / "w.pt", build_model("tiny"), "tiny")
+    assert main(["evaluate", "--weights", str(tmp_path / "w.pt"), "--data-dir", str(cifar_dir)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "make, argv_extra, message",
+    [
+        (None, [], "not found; pass --weights"),
+        (lambda p: p.write_bytes(b"junk"), [], "not a PyTorch checkpoint"),
+        (lambda p: torch.save(build_model("tiny"), p), [], "pickled Python object"),
+        (lambda p: torch.save(build_model("tiny").state_dict(), p), ["--arch", "seed"], "does not fit arch 'seed'"),
+        (lambda p: torch.save(build_model("tiny").state_dict(), p), ["--arch", "nope"], "unknown arch 'nope'"),
+        (lambda p: torch.save(build_model("tiny").state_dict(), p), ["--data-dir", "/nonexistent", "--no-download"],
+         "CIFAR-10 not found in /nonexistent"),
+        (lambda p: torch.save(build_model("tiny").state_dict(), p), ["--device", "cuda:7"], "cuda"),
+    ],
+)  # fmt: skip
+def test_bad_input_gives_one_line(tmp_path, cifar_dir, capsys, make, argv_extra, message):
+    path = tmp_path / "w.pt"
+    if make:
+        make(path)
+    argv = ["evaluate", "--weights", str(path), "--data-dir", str(cifar_dir), *argv_extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("resnet5m: error:") and len(err.splitlines()) == 1
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "resnet5m", "evaluate", "--weights", str(tmp_path / "junk.pt")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_train_then_evaluate_round_trip(tmp_path, cifar_dir, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--arch", "tiny", "--epochs", "1", "--batch-size", "100", "--val-size", "200",
+            "--data-dir", str(cifar_dir), "--out", str(out), "--quiet", "--no-tta"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "val loss" in printed and f"saved weights to {out / 'resnet5m_tiny.pt'}" in printed
+    result = run_json(capsys, ["evaluate", "--weights", str(out / "resnet5m_tiny.pt"), "--data-dir", str(cifar_dir), "--json"])
+    assert result["arch"] == "tiny" and result["n"] == 200
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from resnet5m.errors import UserError
+from resnet5m.model import ResNetConfig, build_model, count_params, infer_config, macs_per_image
+
+
+def test_seed_has_the_original_parameter_count():
+    assert count_params(build_model("seed")) == 4_771_146
+
+
+def test_seed_uses_the_original_key_names():
+    keys = set(build_model("seed").state_dict())
+    for key in ["conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer1.4.bn2.bias",
+                "layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.running_var", "layer3.2.conv2.weight",
+                "linear.weight", "linear.bias"]:  # fmt: skip
+        assert key in keys
+    assert "layer1.0.shortcut.0.weight" not in keys  # identity shortcut where the shape is kept
+    assert "layer4.0.conv1.weight" not in keys
+
+
+def test_forward_shape_at_several_resolutions():
+    model = build_model("tiny").eval()
+    for size in (16, 24, 32):
+        assert model(torch.zeros(2, 3, size, size)).shape == (2, 10)
+
+
+def test_five_million_guard():
+    big = ResNetConfig(blocks=(5, 5, 5), widths=(96, 192, 384))
+    with pytest.raises(UserError, match="5,000,000 limit"):
+        build_model(big)
+    assert count_params(build_model(big, allow_over_limit=True)) >= 5_000_000
+
+
+def test_unknown_arch_is_a_user_error():
+    with pytest.raises(UserError, match="unknown arch 'resnet99'"):
+        build_model("resnet99")
+
+
+def test_infer_config_recovers_the_shape():
+    sd = build_model("seed").state_dict()
+    assert infer_config(sd) == ResNetConfig((5, 4, 3), (64, 128, 256))
+    assert infer_config({"fc.weight": torch.zeros(10, 4)}) is None
+
+
+def test_macs_count_matches_a_hand_count():
+    # tiny: stem 3->16 at 32x32, then blocks; check the stem alone on a 1-stage net.
+    model = build_model(ResNetConfig(blocks=(1,), widths=(8,)))
+    stem = 32 * 32 * 8 * 3 * 9
+    block = 2 * 32 * 32 * 8 * 8 * 9
+    assert macs_per_image(model) == stem + block + 8 * 10

@@ -1,0 +1,118 @@
+import json
+import math
+
+import pytest
+import torch
+
+from resnet5m.errors import UserError
+from resnet5m.train import CHECKPOINT, HISTORY, TrainConfig, Trainer, lr_factor, parse_progressive, train
+
+
+def config(cifar_dir, out, **kw) -> TrainConfig:
+    base = dict(arch="tiny", epochs=2, batch_size=100, lr=0.1, val_size=200, data_dir=str(cifar_dir),
+                out=str(out), quiet=True, download=False)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_smoke_training_learns(cifar_dir, tmp_path):
+    history = train(config(cifar_dir, tmp_path, epochs=3, test=True))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_acc"] > 0.5  # chance is 0.1
+    saved = torch.load(tmp_path / "resnet5m_tiny.pt", weights_only=True)
+    assert saved["metrics"]["test_n"] == 200 and saved["metrics"]["test_acc"] > 0.5
+    assert saved["recipe"]["epochs"] == 3 and len(saved["history"]) == 3
+
+
+def test_history_file_fields(cifar_dir, tmp_path):
+    train(config(cifar_dir, tmp_path, epochs=1, progressive="16:1"))
+    (row,) = json.loads((tmp_path / HISTORY).read_text())
+    assert set(row) >= {"epoch", "size", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s"}
+    assert row["size"] == 16 and row["epoch"] == 1
+
+
+def test_no_validation_when_val_size_is_zero(cifar_dir, tmp_path):
+    history = train(config(cifar_dir, tmp_path, epochs=1, val_size=0))
+    assert "val_acc" not in history[0]
+
+
+def test_resume_is_bitwise_identical(cifar_dir, tmp_path):
+    kw = dict(epochs=3, ema=True, cutout=8, progressive="16:1", seed=3)
+    train(config(cifar_dir, tmp_path / "straight", **kw))
+
+    first = Trainer(config(cifar_dir, tmp_path / "cut", **kw))
+    first.history.append(first.one_epoch())  # one epoch, then the process "dies"
+    first.epoch += 1
+    first.save_checkpoint()
+    del first
+    train(config(cifar_dir, tmp_path / "cut", resume=True, **kw))
+
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
+
+
+def test_interrupt_keeps_the_last_checkpoint(cifar_dir, tmp_path, monkeypatch):
+    trainer = Trainer(config(cifar_dir, tmp_path, epochs=3))
+    real = trainer.train_epoch
+
+    def interrupted(epoch, size):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(epoch, size)
+
+    monkeypatch.setattr(trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 1
+    assert len(train(config(cifar_dir, tmp_path, epochs=3, resume=True))) == 3
+
+
+def test_existing_run_is_not_overwritten(cifar_dir, tmp_path):
+    train(config(cifar_dir, tmp_path, epochs=1))
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        train(config(cifar_dir, tmp_path, epochs=1))
+    assert (tmp_path / CHECKPOINT).read_bytes() == before
+
+
+def test_resume_refuses_a_changed_recipe(cifar_dir, tmp_path):
+    train(config(cifar_dir, tmp_path, epochs=1))
+    with pytest.raises(UserError, match="recipe differs in lr"):
+        train(config(cifar_dir, tmp_path, epochs=1, lr=0.5, resume=True))
+
+
+def test_resume_without_checkpoint(cifar_dir, tmp_path):
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(config(cifar_dir, tmp_path, resume=True))
+
+
+def test_divergence_names_epoch_and_step(cifar_dir, tmp_path):
+    with pytest.raises(UserError, match=r"loss is (nan|inf) at epoch 1, step \d+"):
+        train(config(cifar_dir, tmp_path, lr=1e12, warmup_epochs=0, precision="fp32"))
+
+
+def test_lr_schedule_shape():
+    assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "linear") == 1.0
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(100, 100, 10, "linear") == 0.0
+
+
+def test_progressive_spec():
+    assert parse_progressive("16:2,24:1", 5) == [16, 16, 24, 32, 32]
+    assert parse_progressive("", 2) == [32, 32]
+    with pytest.raises(UserError, match="SIZE:EPOCHS"):
+        parse_progressive("16-2", 5)
+
+
+def test_no_weight_decay_on_batchnorm_and_bias(cifar_dir, tmp_path):
+    trainer = Trainer(config(cifar_dir, tmp_path))
+    decay, no_decay = trainer.optimizer.param_groups
+    assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] > 0
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0

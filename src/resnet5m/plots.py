@@ -1,0 +1,257 @@
+"""Figures and small text tables for the notebook: training curves, confusion, per-class accuracy, predictions.
+
+Every plot builds a standalone `matplotlib.figure.Figure` (no pyplot state, so nothing piles up in
+tests or scripts and no GUI backend is needed) and returns it; `save=PATH` also writes a PNG.
+In Jupyter, show one with `display(fig)`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
+
+from .data import CLASSES
+from .evaluate import EvalResult
+
+ORIGINAL_ACCURACY = 0.9294  # the original project's reported CIFAR-10 test accuracy for the seed network
+MISTAKE = "#d62728"
+CORRECT = "#2ca02c"
+
+History = Sequence[Mapping[str, float]]
+
+
+def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
+    if save is not None:
+        path = Path(save)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _runs(data: Mapping | Sequence, is_single) -> dict:
+    """Normalize one run's data or a {label: data} mapping of several runs to a {label: data} dict."""
+    return {"": data} if is_single(data) else dict(data)
+
+
+def _empty(fig: Figure, text: str) -> None:
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+# --- training curves ------------------------------------------------------------------------------
+def plot_training_curves(history: History | Mapping[str, History], *, save: str | os.PathLike | None = None) -> Figure:
+    """Loss and accuracy per epoch, train (solid) and validation (dashed, when recorded).
+
+    history: the rows saved in a weights file (`LoadedWeights.meta["history"]`), or {label: rows} to
+    compare runs in one figure.
+    """
+    runs = _runs(history, lambda h: not isinstance(h, Mapping))
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    if not any(runs.values()):
+        _empty(fig, "no training history recorded in this weights file")
+        return _finish(fig, save)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for i, (label, rows) in enumerate(runs.items()):
+        color = f"C{i}"
+        prefix = f"{label} " if label else ""
+        epochs = [r["epoch"] for r in rows]
+        for split, style in (("train", "-"), ("val", "--")):
+            if not rows or f"{split}_loss" not in rows[0]:
+                continue  # runs with --val-size 0 have no validation columns
+            # Markers keep a one-epoch run visible, where a line alone would draw nothing.
+            line = {"color": color, "label": f"{prefix}{split}", "marker": "o", "markersize": 3}
+            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, **line)
+            ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in rows], style, **line)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    return _finish(fig, save)
+
+
+# --- confusion ------------------------------------------------------------------------------------
+def plot_confusion_matrix(
+    confusion: Sequence[Sequence[int]] | np.ndarray,
+    classes: Sequence[str] = CLASSES,
+    *,
+    normalize: bool = True,
+    title: str = "confusion matrix",
+    save: str | os.PathLike | None = None,
+) -> Figure:
+    """Rows: true class, columns: predicted class; cells show counts (coloured by row share when normalize)."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    values = shares if normalize else counts
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class" if normalize else "images")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = values.max() / 2 if values.size else 0
+    for (row, col), count in np.ndenumerate(counts):
+        ink = "white" if values[row, col] > threshold else "black"  # readable on dark and light cells
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color=ink)
+    return _finish(fig, save)
+
+
+def top_confusions(
+    confusion: Sequence[Sequence[int]] | np.ndarray, k: int = 10, classes: Sequence[str] = CLASSES
+) -> list[tuple[str, str, int]]:
+    """The k most frequent mistakes as (true class, predicted class, count), largest first, zeros left out."""
+    counts = np.asarray(confusion, dtype=np.int64).copy()
+    np.fill_diagonal(counts, 0)
+    order = np.argsort(-counts, axis=None, kind="stable")[:k]
+    pairs = [np.unravel_index(i, counts.shape) for i in order]
+    return [(classes[t], classes[p], int(counts[t, p])) for t, p in pairs if counts[t, p] > 0]
+
+
+def plot_top_confusions(
+    confusion: Sequence[Sequence[int]] | np.ndarray,
+    k: int = 10,
+    classes: Sequence[str] = CLASSES,
+    *,
+    save: str | os.PathLike | None = None,
+) -> Figure:
+    """Horizontal bars of the k most confused (true -> predicted) class pairs."""
+    pairs = top_confusions(confusion, k, classes)
+    fig = Figure(figsize=(7, 0.4 * max(len(pairs), 3) + 1), layout="constrained")
+    if not pairs:
+        _empty(fig, "no mistakes")
+        return _finish(fig, save)
+    ax = fig.add_subplot()
+    labels = [f"{true} → {pred}" for true, pred, _ in pairs]
+    ax.barh(range(len(pairs)), [n for *_, n in pairs], color=MISTAKE)
+    ax.set_yticks(range(len(pairs)), labels)
+    ax.invert_yaxis()  # largest on top
+    ax.set_xlabel("test images (true → predicted)")
+    ax.set_title(f"the {len(pairs)} most confused class pairs")
+    ax.grid(axis="x", alpha=0.3)
+    return _finish(fig, save)
+
+
+# --- per-class accuracy ---------------------------------------------------------------------------
+def plot_per_class_accuracy(
+    per_class: Mapping[str, float] | Mapping[str, Mapping[str, float]],
+    *,
+    reference: float | None = None,
+    reference_label: str = "original project",
+    save: str | os.PathLike | None = None,
+) -> Figure:
+    """Accuracy of each class as bars; {label: per_class} draws grouped bars to compare runs.
+
+    reference: an overall accuracy (e.g. ORIGINAL_ACCURACY) drawn as a dotted horizontal line.
+    """
+    runs = _runs(per_class, lambda d: all(not isinstance(v, Mapping) for v in d.values()))
+    classes = list(next(iter(runs.values()), {}))
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(runs), 1)
+    x = np.arange(len(classes))
+    for i, (label, accs) in enumerate(runs.items()):
+        values = [100 * accs.get(c, float("nan")) for c in classes]
+        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=label or None, color=f"C{i}")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    if reference is not None:
+        ax.axhline(100 * reference, color="black", linestyle=":", label=f"{reference_label} {100 * reference:.2f}%")
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("per-class accuracy")
+    if len(runs) > 1 or reference is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars near 90% fill the axes
+    return _finish(fig, save)
+
+
+# --- predictions ----------------------------------------------------------------------------------
+def _to_hwc(images: ArrayLike) -> np.ndarray:
+    """uint8 (N, 3, H, W) tensor or array -> (N, H, W, 3) array for imshow."""
+    return np.asarray(images).transpose(0, 2, 3, 1)
+
+
+def plot_predictions(
+    images: ArrayLike,
+    labels: ArrayLike,
+    predictions: ArrayLike,
+    classes: Sequence[str] = CLASSES,
+    *,
+    n: int = 32,
+    only_mistakes: bool = False,
+    seed: int = 0,
+    cols: int = 8,
+    save: str | os.PathLike | None = None,
+) -> Figure:
+    """A grid of test images titled 'predicted (true)'; mistakes get a red title and frame.
+
+    images: uint8 (N, 3, 32, 32); labels, predictions: (N,) class indices, e.g. EvalResult.predictions.
+    A seeded random sample of n images (of the mistakes only, when only_mistakes) is shown.
+    """
+    labels = np.asarray(labels)
+    predictions = np.asarray(predictions)
+    pool = np.flatnonzero(labels != predictions) if only_mistakes else np.arange(len(labels))
+    chosen = np.sort(np.random.default_rng(seed).permutation(pool)[:n])
+    rows = max(-(-len(chosen) // cols), 1)
+    fig = Figure(figsize=(1.4 * cols, 1.6 * rows), layout="constrained")
+    if len(chosen) == 0:
+        _empty(fig, "no mistakes to show" if only_mistakes else "no images")
+        return _finish(fig, save)
+    pixels = _to_hwc(np.asarray(images)[chosen])
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, idx, img in zip(axes, chosen, pixels, strict=False):
+        true, pred = int(labels[idx]), int(predictions[idx])
+        color = CORRECT if true == pred else MISTAKE
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(f"{classes[pred]}\n({classes[true]})", fontsize=7, color=color)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(1 if true == pred else 3)
+    for ax in axes[len(chosen) :]:
+        ax.set_axis_off()
+    wrong = int((labels[chosen] != predictions[chosen]).sum())
+    fig.suptitle(f"predicted (true): {len(chosen) - wrong} right, {wrong} wrong (red)", fontsize=9)
+    return _finish(fig, save)
+
+
+# --- text summaries -------------------------------------------------------------------------------
+def accuracy_summary(result: EvalResult, reference: float | None = ORIGINAL_ACCURACY, split: str = "test") -> str:
+    """'test accuracy 92.10% ± 0.27 on 10,000 images ...' with the gap to the reference in points and standard errors."""
+    line = f"{split} accuracy {100 * result.accuracy:.2f}% ± {100 * result.stderr:.2f} (standard error) on {result.n:,} images"
+    line += " with flip TTA" if result.tta else ""
+    if reference is not None and result.n:
+        gap = result.accuracy - reference
+        sigmas = abs(gap) / result.stderr if result.stderr > 0 else float("inf")
+        line += (
+            f"\noriginal project: {100 * reference:.2f}%; difference {100 * gap:+.2f} points "
+            f"({sigmas:.1f} standard errors of this measurement)"
+        )
+    return line
+
+
+def per_class_table(per_class: Mapping[str, float] | Mapping[str, Mapping[str, float]]) -> str:
+    """A fixed-width text table of per-class accuracy (%), one column per run."""
+    runs = _runs(per_class, lambda d: all(not isinstance(v, Mapping) for v in d.values()))
+    names = list(runs) if len(runs) > 1 or "" not in runs else ["accuracy"]
+    classes = list(next(iter(runs.values()), {}))
+    width = max([len(n) for n in names] + [8])
+    lines = ["class".ljust(12) + "".join(n.rjust(width + 2) for n in names)]
+    for c in classes:
+        cells = "".join(f"{100 * accs.get(c, float('nan')):.1f}".rjust(width + 2) for accs in runs.values())
+        lines.append(c.ljust(12) + cells)
+    return "\n".join(lines)

@@ -65,7 +65,7 @@ def evaluate(
     labels: torch.Tensor,
     *,
     device: torch.device | str = "cpu",
-    batch_size: int = 500,
+    batch_size: int = 200,
     tta: bool = False,
     precision: str = "auto",
     progress: bool = True,

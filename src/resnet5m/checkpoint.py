@@ -7,11 +7,13 @@ DataParallel/DDP (`module.`-prefixed) one, and refuses anything else with one cl
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,20 +38,34 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists; choose another path or remove it first")
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A temp path next to `path`, renamed onto it only when the block succeeds: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; weights are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """torch.save through a staged temp file; refuse an existing path unless overwrite."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; choose another path or remove it first")
+    with staged(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_weights(

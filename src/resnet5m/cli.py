@@ -1,4 +1,4 @@
-"""The `resnet5m` command line: info, evaluate, train."""
+"""The `resnet5m` command line: info, evaluate, export, train."""
 
 from __future__ import annotations
 
@@ -44,21 +44,29 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
-    from .checkpoint import load_weights
     from .data import load_split
     from .evaluate import evaluate
+    from .export import load_any
     from .runtime import pick_device, prepare
 
     device = pick_device(args.device)
     weights = Path(args.weights) if args.weights else default_weights(args.arch or "seed")
-    loaded = load_weights(weights, arch=args.arch, device=device)
+    loaded = load_any(weights, arch=args.arch)  # our .pt (fp32/fp16), int8, TorchScript or ONNX; prepare() moves it
+    if loaded.cpu_only and device.type != "cpu":  # int8 kernels and our onnxruntime session exist on the CPU only
+        if args.device != "auto":
+            raise UserError(f"{weights} is a {loaded.format} model, which runs on the CPU only; use --device cpu")
+        device = pick_device("cpu")
     images, labels = load_split(args.split, args.data_dir, download_missing=args.download)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     model = prepare(loaded.model, device)
-    result = evaluate(model, images, labels, device=device, batch_size=args.batch_size, tta=args.tta, progress=not args.json)
+    result = evaluate(
+        model, images, labels, device=device, batch_size=args.batch_size, tta=args.tta, precision=loaded.precision,
+        progress=not args.json,
+    )  # fmt: skip
     out = {
         "arch": loaded.arch,
+        "format": loaded.format,
         "weights": str(weights),
         "weights_sha256": loaded.sha256,
         "split": args.split,
@@ -66,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     }
     out.update(result.to_dict())
     if not args.json:
-        print(f"weights   {weights}  (arch {loaded.arch}, sha256 {loaded.sha256[:16]}...)")
+        print(f"weights   {weights}  ({loaded.format}, arch {loaded.arch}, sha256 {loaded.sha256[:16]}...)")
         print(
             f"{args.split} accuracy  {100 * result.accuracy:.2f}% ± {100 * result.stderr:.2f} on {result.n:,} images"
             f"{' with flip TTA' if args.tta else ''}; loss {result.loss:.4f}"
@@ -97,11 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
+
+    from .export import add_export_arguments, cmd_export
+
+    p = sub.add_parser("export", help="write weights as fp16, int8, TorchScript or ONNX for small-storage deployment")
+    add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
 
     from .train import add_train_arguments, cmd_train
 

@@ -1,0 +1,200 @@
+"""Export formats: each round-trips through `resnet5m export` and `resnet5m evaluate` on generated data."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_cifar
+from test_checkpoint import randomized
+
+from resnet5m import export as ex
+from resnet5m.checkpoint import load_weights, save_weights
+from resnet5m.cli import main
+from resnet5m.data import load_split, normalize
+from resnet5m.errors import UserError
+from resnet5m.evaluate import evaluate
+from resnet5m.model import build_model
+
+N_TEST = 40
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller generated copy than conftest's cifar_dir: 120 training and 40 test images."""
+    return write_cifar(tmp_path_factory.mktemp("data"), per_batch=24, n_test=N_TEST)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = randomized(build_model("tiny"))  # non-default BatchNorm statistics: a wrong fold or cast would show
+    path = tmp_path_factory.mktemp("weights") / "resnet5m_tiny.pt"
+    save_weights(path, model, "tiny")
+    return path
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, dict | None, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out) if code == 0 and "--json" in argv else None
+    return code, out, captured.err
+
+
+def _export(weights: Path, fmt: str, out: Path, capsys: pytest.CaptureFixture, data_dir: Path, *extra: str) -> dict:
+    argv = ["export", "--weights", str(weights), "--format", fmt, "--out", str(out), "--json", "--no-download"]
+    code, result, err = _run([*argv, "--data-dir", str(data_dir), "--calib-images", "64", *extra], capsys)
+    assert code == 0, err
+    return result
+
+
+def _evaluate(weights: Path, capsys: pytest.CaptureFixture, data_dir: Path) -> dict:
+    argv = ["evaluate", "--weights", str(weights), "--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--json"]
+    code, result, err = _run(argv, capsys)
+    assert code == 0, err
+    return result
+
+
+def _eager_fp32(weights: Path, data_dir: Path) -> dict:
+    images, labels = load_split("test", data_dir)
+    return evaluate(load_weights(weights).model, images, labels, precision="fp32", progress=False).to_dict()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_graph_formats_round_trip(fmt: str, tiny_weights: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    out = tmp_path / f"tiny{ex.SUFFIXES[fmt]}"
+    result = _export(tiny_weights, fmt, out, capsys, data_dir)
+    assert result["max_abs_diff"] <= ex.GRAPH_TOLERANCE
+    assert result["top1_agreement"] == 1.0
+    evaluated = _evaluate(out, capsys, data_dir)
+    assert evaluated["format"] == fmt
+    assert evaluated["arch"] == "tiny"
+    # same predictions as the eager fp32 model on every test image
+    assert evaluated["confusion"] == _eager_fp32(tiny_weights, data_dir)["confusion"]
+
+
+def test_fp16_round_trip(tiny_weights: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tiny_fp16.pt"
+    result = _export(tiny_weights, "fp16", out, capsys, data_dir)
+    assert result["max_abs_diff"] < 0.05
+    assert out.stat().st_size < 0.7 * tiny_weights.stat().st_size
+    state = torch.load(out, weights_only=True)["state_dict"]
+    assert state["conv1.weight"].dtype == torch.float16
+    evaluated = _evaluate(out, capsys, data_dir)
+    assert (evaluated["format"], evaluated["arch"], evaluated["n"]) == ("fp16", "tiny", N_TEST)
+
+
+def test_int8_round_trip(tiny_weights: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tiny_int8.pt"
+    result = _export(tiny_weights, "int8", out, capsys, data_dir)
+    assert result["top1_agreement"] >= 0.75  # random weights on noise images: a loose sanity bound
+    payload = torch.load(out, weights_only=True)  # plain tensors and containers only
+    assert payload["format"] == ex.INT8_FORMAT
+    assert payload["export"]["source_sha256"] == result["source_sha256"]
+    assert any(t.is_quantized for t in payload["state_dict"].values() if isinstance(t, torch.Tensor))
+    evaluated = _evaluate(out, capsys, data_dir)
+    assert (evaluated["format"], evaluated["arch"], evaluated["n"]) == ("int8", "tiny", N_TEST)
+
+
+def test_int8_loader_rebuilds_the_same_graph(tiny_weights: Path, data_dir: Path) -> None:
+    loaded = load_weights(tiny_weights)
+    loaded.model.eval()
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    quantized = ex.quantize_int8(loaded.model, ex.calibration_images(data_dir, 32))
+    rebuilt = ex.int8_from_state(torch.load(_saved(quantized.state_dict()), weights_only=True), loaded.model.config)
+    x = normalize(load_split("test", data_dir)[0][:8])
+    with torch.inference_mode():
+        assert torch.equal(rebuilt(x), quantized(x))
+        reference, approx = loaded.model(x), quantized(x)
+    # a wrong BatchNorm fold or scale would be off by ~100%; int8 rounding stays at a few percent
+    assert (approx - reference).norm() / reference.norm() < 0.1
+    # quantizing folds BatchNorm into a copy: the float model is left as it was
+    assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())
+
+
+def _saved(obj: object) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_int8_seed_fits_storage_budget(data_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "seed.pt"
+    save_weights(weights, build_model("seed"), "seed")
+    result = ex.export(weights, "int8", tmp_path / "seed_int8.pt", data_dir=data_dir, calib_images=8)
+    assert result.size_bytes <= 5.5e6
+
+
+def test_export_refuses_to_overwrite(tiny_weights: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "taken.ts"
+    out.write_bytes(b"keep me")
+    argv = ["export", "--weights", str(tiny_weights), "--format", "torchscript", "--out", str(out)]
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert "--force" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"keep me"
+    code, _, err = _run([*argv, "--force"], capsys)
+    assert code == 0, err
+    assert ex.detect_format(out) == "torchscript"
+
+
+def test_export_refuses_its_own_source(tiny_weights: Path) -> None:
+    with pytest.raises(UserError, match="source"):
+        ex.export(tiny_weights, "fp16", tiny_weights, force=True)
+
+
+def test_default_out_name(tmp_path: Path) -> None:
+    assert ex.default_out(tmp_path / "resnet5m_seed.pt", "onnx") == tmp_path / "resnet5m_seed_onnx.onnx"
+
+
+def test_evaluate_rejects_unknown_file(tmp_path: Path, data_dir: Path, capsys) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a model at all")
+    code, _, err = _run(["evaluate", "--weights", str(junk), "--data-dir", str(data_dir), "--no-download"], capsys)
+    assert code == 2
+    assert "resnet5m can run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_onnx_without_onnxruntime_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"\x08\x08")  # detection goes by extension and first byte; the runtime is needed first
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(UserError, match="pip install"):
+        ex.load_any(model)
+
+
+def test_onnx_export_without_onnx_is_one_line(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match="onnx"):
+        ex.export(tiny_weights, "onnx", out)
+    assert not out.exists()
+
+
+def test_arch_mismatch_is_refused(tiny_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny.ts"
+    ex.export(tiny_weights, "torchscript", out)
+    with pytest.raises(UserError, match="holds arch 'tiny'"):
+        ex.load_any(out, arch="seed")
+
+
+def test_table_command(tiny_weights: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    has_onnx = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+    formats = "fp16,int8,torchscript" + (",onnx" if has_onnx else "")
+    argv = ["table", "--weights", str(tiny_weights), "--data-dir", str(data_dir), "--formats", formats]
+    argv += ["--out-dir", str(tmp_path), "--calib-images", "32", "--latency-runs", "2", "--throughput-runs", "1"]
+    assert ex.main(argv) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 2 + len(formats.split(","))  # header, source fp32 and bf16, one per format
+    assert "| int8 |" in table

@@ -49,3 +49,23 @@ def test_macs_count_matches_a_hand_count():
     stem = 32 * 32 * 8 * 3 * 9
     block = 2 * 32 * 32 * 8 * 8 * 9
     assert macs_per_image(model) == stem + block + 8 * 10
+
+
+def test_folded_batchnorm_gives_the_same_logits():
+    from resnet5m.model import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_()
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched

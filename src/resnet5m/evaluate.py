@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import CLASSES, normalize
+from .model import ResNet, fold_batchnorm
 from .runtime import autocast
 
 
@@ -74,6 +75,7 @@ def evaluate(
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    net = fold_batchnorm(model).to(memory_format=torch.channels_last) if isinstance(model, ResNet) else model
     n = len(labels)
     predictions = torch.empty(n, dtype=torch.int64)
     total_loss = 0.0
@@ -83,7 +85,7 @@ def evaluate(
         x = normalize(images[i : i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
         y = labels[i : i + batch_size].to(device)
         with autocast(device, precision):
-            logits = predict_logits(model, x, tta).float()
+            logits = predict_logits(net, x, tta).float()
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         predictions[i : i + batch_size] = logits.argmax(1).cpu()
     seconds = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""Export formats: each round-trips through `resnet5m export` and `resnet5m evaluate` on generated data."""
+"""Export formats: each round-trips through `resnet5m export` (export.py, quantize.py) and `resnet5m evaluate`
+(formats.py) on generated data; the measurement table (export_table.py) runs on all of them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conftest import write_cifar
 from test_checkpoint import randomized
 
 from resnet5m import export as ex
+from resnet5m import export_table, formats, quantize
 from resnet5m.checkpoint import load_weights, save_weights
 from resnet5m.cli import main
 from resnet5m.data import load_split, normalize
@@ -97,7 +99,7 @@ def test_int8_round_trip(tiny_weights: Path, data_dir: Path, tmp_path: Path, cap
     result = _export(tiny_weights, "int8", out, capsys, data_dir)
     assert result["top1_agreement"] >= 0.75  # random weights on noise images: a loose sanity bound
     payload = torch.load(out, weights_only=True)  # plain tensors and containers only
-    assert payload["format"] == ex.INT8_FORMAT
+    assert payload["format"] == formats.INT8_FORMAT
     assert payload["export"]["source_sha256"] == result["source_sha256"]
     assert any(t.is_quantized for t in payload["state_dict"].values() if isinstance(t, torch.Tensor))
     evaluated = _evaluate(out, capsys, data_dir)
@@ -108,8 +110,8 @@ def test_int8_loader_rebuilds_the_same_graph(tiny_weights: Path, data_dir: Path)
     loaded = load_weights(tiny_weights)
     loaded.model.eval()
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    quantized = ex.quantize_int8(loaded.model, ex.calibration_images(data_dir, 32))
-    rebuilt = ex.int8_from_state(torch.load(_saved(quantized.state_dict()), weights_only=True), loaded.model.config)
+    quantized = quantize.quantize_int8(loaded.model, quantize.calibration_images(data_dir, 32))
+    rebuilt = quantize.int8_from_state(torch.load(_saved(quantized.state_dict()), weights_only=True), loaded.model.config)
     x = normalize(load_split("test", data_dir)[0][:8])
     with torch.inference_mode():
         assert torch.equal(rebuilt(x), quantized(x))
@@ -145,7 +147,7 @@ def test_export_refuses_to_overwrite(tiny_weights: Path, data_dir: Path, tmp_pat
     assert out.read_bytes() == b"keep me"
     code, _, err = _run([*argv, "--force"], capsys)
     assert code == 0, err
-    assert ex.detect_format(out) == "torchscript"
+    assert formats.detect_format(out) == "torchscript"
 
 
 def test_export_refuses_its_own_source(tiny_weights: Path) -> None:
@@ -170,7 +172,7 @@ def test_onnx_without_onnxruntime_is_one_line(tmp_path: Path, monkeypatch) -> No
     model.write_bytes(b"\x08\x08")  # detection goes by extension and first byte; the runtime is needed first
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(UserError, match="pip install"):
-        ex.load_any(model)
+        formats.load_any(model)
 
 
 def test_onnx_export_without_onnx_is_one_line(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
@@ -185,16 +187,16 @@ def test_arch_mismatch_is_refused(tiny_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny.ts"
     ex.export(tiny_weights, "torchscript", out)
     with pytest.raises(UserError, match="holds arch 'tiny'"):
-        ex.load_any(out, arch="seed")
+        formats.load_any(out, arch="seed")
 
 
 def test_table_command(tiny_weights: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
     has_onnx = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
-    formats = "fp16,int8,torchscript" + (",onnx" if has_onnx else "")
-    argv = ["table", "--weights", str(tiny_weights), "--data-dir", str(data_dir), "--formats", formats]
+    chosen = "fp16,int8,torchscript" + (",onnx" if has_onnx else "")
+    argv = ["--weights", str(tiny_weights), "--data-dir", str(data_dir), "--formats", chosen]
     argv += ["--out-dir", str(tmp_path), "--calib-images", "32", "--latency-runs", "2", "--throughput-runs", "1"]
-    assert ex.main(argv) == 0
+    assert export_table.main(argv) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 2 + len(formats.split(","))  # header, source fp32 and bf16, one per format
+    assert len(rows) == 1 + 2 + len(chosen.split(","))  # header, source fp32 and bf16, one per format
     assert "| int8 |" in table

@@ -46,7 +46,7 @@ def cmd_info(args: argparse.Namespace) -> dict:
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from .data import load_split
     from .evaluate import evaluate
-    from .export import load_any
+    from .formats import load_any
     from .runtime import pick_device, prepare
 
     device = pick_device(args.device)

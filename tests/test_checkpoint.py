@@ -146,3 +146,15 @@ def test_sha256_mismatch_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found; pass --weights"):
         load_weights(tmp_path / "nope.pt")
+
+
+def test_fast_arch_round_trip(tmp_path):
+    model = randomized(build_model("fast"))
+    save_weights(tmp_path / "fast.pt", model, "fast")
+    loaded = load_weights(tmp_path / "fast.pt")
+    assert loaded.arch == "fast"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x), model(x))
+    with pytest.raises(UserError, match="does not fit arch 'seed'"):
+        load_weights(tmp_path / "fast.pt", arch="seed")

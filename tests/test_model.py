@@ -69,3 +69,19 @@ def test_folded_batchnorm_gives_the_same_logits():
     with torch.no_grad():
         assert torch.allclose(folded(x), model(x), atol=1e-4)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+def test_fast_arch_is_small_and_runs_at_several_resolutions():
+    model = build_model("fast").eval()
+    assert count_params(model) < 2_500_000
+    assert macs_per_image(model) < 200e6  # under a quarter of the seed net's 874M
+    for size in (16, 24, 32):
+        assert model(torch.zeros(2, 3, size, size)).shape == (2, 10)
+
+
+def test_configs_round_trip_through_dicts():
+    from resnet5m.model import ARCHS, config_from_dict
+
+    for config in ARCHS.values():
+        assert config_from_dict(config.to_dict()) == config
+    assert config_from_dict({"blocks": [5, 4, 3], "widths": [64, 128, 256]}) == ARCHS["seed"]  # files without "kind"

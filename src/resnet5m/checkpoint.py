@@ -22,7 +22,17 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .model import ARCHS, ResNetConfig, arch_name, build_model, count_params, get_config, infer_config
+from .model import (
+    ARCHS,
+    ArchConfig,
+    ResNetConfig,
+    arch_name,
+    build_model,
+    config_from_dict,
+    count_params,
+    get_config,
+    infer_config,
+)
 
 FORMAT = "resnet5m-weights"
 FORMAT_VERSION = 1
@@ -81,7 +91,7 @@ def save_weights(
     overwrite: bool = False,
 ) -> str:
     """Save weights with metadata in our format; return the file's sha256."""
-    config: ResNetConfig = model.config
+    config: ArchConfig = model.config
     state = {k: v.detach().cpu() for k, v in unwrap_state_dict(model.state_dict()).items()}
     if half:  # storage only: the loader casts back to fp32
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -188,7 +198,7 @@ def load_weights(
     state = unwrap_state_dict(state)
     if arch is None:
         if "config" in meta:
-            config = ResNetConfig.from_dict(meta["config"])
+            config = config_from_dict(meta["config"])
         elif meta.get("arch") in ARCHS:
             config = get_config(meta["arch"])
         else:

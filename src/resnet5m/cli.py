@@ -36,7 +36,8 @@ def cmd_info(args: argparse.Namespace) -> dict:
         "macs_per_image": macs_per_image(model),
     }
     if not args.json:
-        print(f"arch            {info['arch']}  (blocks {info['config']['blocks']}, widths {info['config']['widths']})")
+        shape = ", ".join(f"{k} {v}" for k, v in info["config"].items() if k not in ("kind", "num_classes"))
+        print(f"arch            {info['arch']}  ({shape})")
         print(f"parameters      {params:,}")
         print(f"size fp32/fp16  {info['fp32_mb']} MB / {info['fp16_mb']} MB")
         print(f"multiply-adds   {info['macs_per_image'] / 1e6:,.1f} M per 32x32 image")

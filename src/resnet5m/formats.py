@@ -20,7 +20,7 @@ from torch import nn
 
 from .checkpoint import load_weights, sha256_of
 from .errors import UserError
-from .model import ResNetConfig, get_config
+from .model import config_from_dict, get_config
 from .quantize import int8_from_state, quiet
 
 INT8_FORMAT = "resnet5m-int8"
@@ -115,7 +115,7 @@ def _check_arch(arch: str | None, meta: dict, path: Path) -> str:
 def _load_int8(obj: dict, path: Path, arch: str | None) -> LoadedModel:
     if obj.get("format_version", 0) > INT8_FORMAT_VERSION:
         raise UserError(f"{path} is an int8 file of a newer resnet5m (format {obj['format_version']}); upgrade resnet5m")
-    config = ResNetConfig.from_dict(obj["config"]) if "config" in obj else get_config(obj["arch"])
+    config = config_from_dict(obj["config"]) if "config" in obj else get_config(obj["arch"])
     backend = obj.get("quantization", {}).get("backend", "x86")
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     model = int8_from_state(obj["state_dict"], config, backend)

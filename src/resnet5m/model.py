@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .fastnet import FastConfig
 
 PARAM_LIMIT = 5_000_000
 
@@ -27,17 +28,25 @@ class ResNetConfig:
     num_classes: int = 10
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {"kind": "resnet", **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> ResNetConfig:
         return cls(tuple(d["blocks"]), tuple(d["widths"]), int(d.get("num_classes", 10)))
 
+    def build(self) -> ResNet:
+        return ResNet(self)
+
+
+ArchConfig = ResNetConfig | FastConfig
+
 
 # Named configurations. `seed` is the original project's network (4,771,146 parameters).
-ARCHS: dict[str, ResNetConfig] = {
+ARCHS: dict[str, ArchConfig] = {
     "seed": ResNetConfig(blocks=(5, 4, 3), widths=(64, 128, 256)),
     "tiny": ResNetConfig(blocks=(1, 1, 1), widths=(16, 32, 64)),
+    "fast": FastConfig(widths=(64, 256, 256), stem=32),
 }
 
 
@@ -96,17 +105,22 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def get_config(arch: str) -> ResNetConfig:
+def config_from_dict(d: dict) -> ArchConfig:
+    """Rebuild a config saved with to_dict(); files without a 'kind' hold a ResNet."""
+    return FastConfig.from_dict(d) if d.get("kind") == "fast" else ResNetConfig.from_dict(d)
+
+
+def get_config(arch: str) -> ArchConfig:
     """Look up a named configuration, with a clear error for unknown names."""
     if arch not in ARCHS:
         raise UserError(f"unknown arch '{arch}'; choose one of: {', '.join(ARCHS)}")
     return ARCHS[arch]
 
 
-def build_model(arch: str | ResNetConfig, allow_over_limit: bool = False) -> ResNet:
+def build_model(arch: str | ArchConfig, allow_over_limit: bool = False) -> nn.Module:
     """Build a network by name or config; refuse >= 5M parameters unless explicitly allowed."""
     config = get_config(arch) if isinstance(arch, str) else arch
-    model = ResNet(config)
+    model = config.build()
     n = count_params(model)
     if n >= PARAM_LIMIT and not allow_over_limit:
         raise UserError(
@@ -116,7 +130,7 @@ def build_model(arch: str | ResNetConfig, allow_over_limit: bool = False) -> Res
     return model
 
 
-def arch_name(config: ResNetConfig) -> str | None:
+def arch_name(config: ArchConfig) -> str | None:
     """The registry name of a config, or None when it is not a named one."""
     return next((name for name, c in ARCHS.items() if c == config), None)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .data import normalize
 from .errors import UserError
-from .model import ResNetConfig, build_model
+from .model import ArchConfig, build_model
 
 
 @contextlib.contextmanager
@@ -103,7 +103,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, backend: str = "x
     return _converted(prepared).eval()
 
 
-def int8_from_state(state: dict[str, torch.Tensor], config: ResNetConfig, backend: str = "x86") -> nn.Module:
+def int8_from_state(state: dict[str, torch.Tensor], config: ArchConfig, backend: str = "x86") -> nn.Module:
     """Rebuild a quantized graph for config and load saved int8 weights and scales into it."""
     with quiet():
         model = _converted(_prepared(build_model(config, allow_over_limit=True), backend))

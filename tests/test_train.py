@@ -116,3 +116,10 @@ def test_no_weight_decay_on_batchnorm_and_bias(cifar_dir, tmp_path):
     decay, no_decay = trainer.optimizer.param_groups
     assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] > 0
     assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0
+
+
+def test_command_line_reproduces_the_recipe():
+    from resnet5m.train import command_line
+
+    cfg = TrainConfig(arch="fast", epochs=10, lr=0.4, tta=False, progressive="24:5", out="runs/x", quiet=True)
+    assert command_line(cfg) == "resnet5m train --arch fast --epochs 10 --lr 0.4 --progressive 24:5 --no-tta --out runs/x"

@@ -390,7 +390,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     if trainer.dist.main:
         path = trainer.out / f"resnet5m_{cfg.arch}.pt"
         extra = {
-            "command": " ".join(["resnet5m", *sys.argv[1:]]) if sys.argv else "",
+            "command": command_line(cfg),
             "seed": cfg.seed,
             "data": {"train_images": len(trainer.train_y), "val_images": cfg.val_size},
         }
@@ -408,6 +408,21 @@ def train(cfg: TrainConfig) -> list[dict]:
     if trainer.dist.world > 1:
         dist.barrier()
     return history
+
+
+def command_line(cfg: TrainConfig) -> str:
+    """The `resnet5m train` command that reproduces cfg: every recipe field that differs from its default."""
+    parts = ["resnet5m", "train"]
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name in RUNTIME_FIELDS - {"out"} or value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import augment
-from .checkpoint import atomic_save, save_weights
+from .checkpoint import atomic_save, save_weights, staged
 from .data import load_split, normalize
 from .errors import UserError
 from .evaluate import evaluate
@@ -223,9 +223,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.dist.main:
             atomic_save(self.state(), self.out / CHECKPOINT)
-            tmp = self.out / f".{HISTORY}.tmp"
-            tmp.write_text(json.dumps(self.history, indent=1))
-            os.replace(tmp, self.out / HISTORY)
+            with staged(self.out / HISTORY) as tmp:
+                tmp.write_text(json.dumps(self.history, indent=1))
 
     def load_checkpoint(self) -> None:
         path = self.out / CHECKPOINT

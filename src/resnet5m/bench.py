@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment
-from .data import normalize
+from .data import model_input
 from .errors import UserError
 from .model import build_model
 from .runtime import autocast, pick_device, prepare
@@ -41,9 +41,7 @@ def pipeline(arch: str, batch_size: int, size: int, steps: int, device_name: str
     images = torch.randint(0, 256, (4 * batch_size, 3, 32, 32), dtype=torch.uint8, generator=g)
     padded = augment.reflect_pad(images, 4).to(device)
     labels = torch.randint(0, 10, (batch_size,), generator=g).to(device)
-    ready = normalize(images[:batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-    if size != 32:
-        ready = F.interpolate(ready, size=(size, size), mode="bilinear", antialias=True)
+    ready = model_input(images[:batch_size].to(device), size)
 
     def model_step(x: torch.Tensor) -> None:
         with autocast(device):
@@ -54,9 +52,7 @@ def pipeline(arch: str, batch_size: int, size: int, steps: int, device_name: str
 
     def augmented() -> torch.Tensor:
         idx = torch.randperm(len(padded), generator=g)[:batch_size].to(device)
-        x = augment.apply(padded[idx], augment.draw_params(batch_size, 4, 0, g))
-        x = normalize(x).contiguous(memory_format=torch.channels_last)
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True) if size != 32 else x
+        return model_input(augment.apply(padded[idx], augment.draw_params(batch_size, 4, 0, g)), size)
 
     raw = _time_steps(lambda: model_step(ready), steps)
     full = _time_steps(lambda: model_step(augmented()), steps)

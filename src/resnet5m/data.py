@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import UserError
 
@@ -97,6 +98,14 @@ def load_split(
         raise UserError(f"{folder} lacks {', '.join(missing)}; re-download CIFAR-10 or point --data-dir at a full copy")
     parts = [read_batch(folder / name) for name in files]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def model_input(images: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """uint8 (B, 3, 32, 32) -> normalized float (B, 3, size, size), channels_last; antialiased resize below 32 px."""
+    x = normalize(images)
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

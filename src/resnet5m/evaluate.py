@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import CLASSES, normalize
+from .data import CLASSES, model_input
 from .model import ResNet, fold_batchnorm
 from .runtime import autocast
 
@@ -70,8 +70,9 @@ def evaluate(
     tta: bool = False,
     precision: str = "auto",
     progress: bool = True,
+    size: int = 32,
 ) -> EvalResult:
-    """Evaluate on uint8 images (N, 3, 32, 32) with int64 labels (N,)."""
+    """Evaluate on uint8 images (N, 3, 32, 32) with int64 labels (N,), fed to the model at size x size pixels."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -82,7 +83,7 @@ def evaluate(
     start = time.perf_counter()
     steps = range(0, n, batch_size)
     for i in tqdm(steps, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        x = normalize(images[i : i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        x = model_input(images[i : i + batch_size].to(device), size)
         y = labels[i : i + batch_size].to(device)
         with autocast(device, precision):
             logits = predict_logits(net, x, tta).float()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import augment
 from .checkpoint import atomic_save, save_weights, staged
-from .data import load_split, normalize
+from .data import load_split, model_input
 from .errors import UserError
 from .evaluate import evaluate
 from .model import build_model
@@ -287,9 +287,7 @@ class Trainer:
             leave=False,
         )
         for step, (xb, yb) in enumerate(bar):
-            x = normalize(xb).contiguous(memory_format=torch.channels_last)
-            if size != 32:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = model_input(xb, size)
             with autocast(self.device, cfg.precision):
                 logits = self.net(x)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
@@ -350,9 +348,10 @@ class Trainer:
         row = {"epoch": epoch + 1, "size": size, "lr": self.optimizer.param_groups[0]["lr"]}  # lr at the epoch's start
         row.update(self.train_epoch(epoch, size))
         if self.val is not None:
-            res = evaluate(
-                self.eval_model(), *self.val, device=self.device, tta=self.cfg.tta, precision=self.cfg.precision, progress=False
-            )
+            # Validated at the epoch's training size: a net trained at 16 px scores far lower at 32 px until
+            # its full-size epochs (BN statistics and object scale), which would hide its progress.
+            res = evaluate(self.eval_model(), *self.val, device=self.device, tta=self.cfg.tta,
+                           precision=self.cfg.precision, progress=False, size=size)  # fmt: skip
             row.update(val_loss=res.loss, val_acc=res.accuracy)
         if self.dist.main:
             val = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""

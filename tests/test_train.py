@@ -123,3 +123,18 @@ def test_command_line_reproduces_the_recipe():
 
     cfg = TrainConfig(arch="fast", epochs=10, lr=0.4, tta=False, progressive="24:5", out="runs/x", quiet=True)
     assert command_line(cfg) == "resnet5m train --arch fast --epochs 10 --lr 0.4 --progressive 24:5 --no-tta --out runs/x"
+
+
+def test_ema_moves_towards_the_live_weights():
+    from resnet5m.model import build_model
+    from resnet5m.train import EMA
+
+    model = build_model("tiny")
+    ema = EMA(model, decay=0.75)
+    before = model.linear.weight.detach().clone()
+    with torch.no_grad():
+        model.linear.weight.add_(1.0)
+        model.bn1.num_batches_tracked.fill_(7)
+    ema.update()
+    assert torch.allclose(ema.model.linear.weight, before + 0.25)
+    assert ema.model.bn1.num_batches_tracked.item() == 7

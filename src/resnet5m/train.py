@@ -118,14 +118,19 @@ class EMA:
         self.model = prepare(build_model(model.config, allow_over_limit=True), next(model.parameters()).device)
         self.model.load_state_dict(model.state_dict())
         self.model.requires_grad_(False)
+        # state_dict() tensors share storage with the live ones (updated in place by the optimizer, BN and
+        # load_state_dict), so the pairs are collected once instead of rebuilding two dicts every step.
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
+        self.floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+        self.counters = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BN num_batches_tracked
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for e, m in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
-            if e.is_floating_point():
-                e.lerp_(m, 1 - self.decay)
-            else:
-                e.copy_(m)
+    def update(self) -> None:
+        """Move the average towards the tracked model's current state."""
+        for e, m in self.floats:
+            e.lerp_(m, 1 - self.decay)
+        for e, m in self.counters:
+            e.copy_(m)
 
 
 @dataclass
@@ -301,7 +306,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             if self.ema:
-                self.ema.update(self.model)
+                self.ema.update()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
@@ -408,6 +413,11 @@ def train(cfg: TrainConfig) -> list[dict]:
     return history
 
 
+def _flag(name: str) -> str:
+    """The CLI flag of a TrainConfig field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def command_line(cfg: TrainConfig) -> str:
     """The `resnet5m train` command that reproduces cfg: every recipe field that differs from its default."""
     parts = ["resnet5m", "train"]
@@ -415,7 +425,7 @@ def command_line(cfg: TrainConfig) -> str:
         value = getattr(cfg, f.name)
         if f.name in RUNTIME_FIELDS - {"out"} or value == f.default:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         else:
@@ -426,7 +436,7 @@ def command_line(cfg: TrainConfig) -> str:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with the field's default and help."""
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:

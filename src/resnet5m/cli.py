@@ -1,4 +1,4 @@
-"""The `resnet5m` command line: info, evaluate, export, train."""
+"""The `resnet5m` command line: info, evaluate, export, publish, train."""
 
 from __future__ import annotations
 
@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="download CIFAR-10 when it is missing (default: on)",
     )
     p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average each image's logits with its mirror image's, as training validates (default: on)",
+    )
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -117,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write weights as fp16, int8, TorchScript or ONNX for small-storage deployment")
     add_export_arguments(p)
     p.set_defaults(func=cmd_export)
+
+    from .publish import add_publish_arguments, cmd_publish
+
+    p = sub.add_parser("publish", help="measure weights on the test split once and write a copy that records it")
+    add_publish_arguments(p)
+    p.set_defaults(func=cmd_publish)
 
     from .train import add_train_arguments, cmd_train
 

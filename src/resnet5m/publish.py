@@ -1,0 +1,85 @@
+"""Publishing trained weights: measure them once on the test split and write a copy that records it.
+
+`resnet5m train` saves weights with their recipe, history and validation figures; the test split is
+never looked at during a run (unless --test). Publishing is the one place the test figure is taken
+and written into the file that ships in `weights/`, so the file states its own accuracy and on how
+many images it was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .checkpoint import load_weights, save_weights
+from .data import load_split
+from .errors import UserError
+from .evaluate import evaluate
+from .runtime import pick_device, prepare
+
+# Keys save_weights writes itself; everything else in the source file's metadata is carried over.
+_REWRITTEN = {"format", "format_version", "arch", "config", "params", "metrics", "recipe", "history", "torch_version", "created"}
+
+
+def publish(
+    weights: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    data_dir: str | None = None,
+    download: bool = True,
+    tta: bool = True,
+    device: str = "auto",
+    force: bool = False,
+) -> dict:
+    """Evaluate `weights` on the test split and save a copy at `out` with the test figures in its metrics."""
+    weights, out = Path(weights), Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it (the old file is not kept)")
+    if out.resolve() == weights.resolve():
+        raise UserError("--out must differ from --weights; publishing writes a new file")
+    loaded = load_weights(weights)
+    images, labels = load_split("test", data_dir, download_missing=download)
+    dev = pick_device(device)
+    precision = loaded.meta.get("recipe", {}).get("precision", "auto")
+    model = prepare(loaded.model, dev)
+    res = evaluate(model, images, labels, device=dev, tta=tta, precision=precision, progress=False)
+    meta = loaded.meta
+    metrics = {**meta.get("metrics", {}), "test_acc": res.accuracy, "test_n": res.n, "test_loss": res.loss, "test_tta": tta}
+    if tta:  # the plain figure too, for readers comparing with results reported without TTA
+        metrics["test_acc_no_tta"] = evaluate(model, images, labels, device=dev, precision=precision, progress=False).accuracy
+    extra = {k: v for k, v in meta.items() if k not in _REWRITTEN}
+    extra["trained"] = meta.get("created")
+    digest = save_weights(
+        out,
+        loaded.model,
+        loaded.arch,
+        metrics=metrics,
+        recipe=meta.get("recipe"),
+        history=meta.get("history"),
+        extra=extra,
+        overwrite=force,
+    )
+    return {"weights": str(out), "sha256": digest, "source_sha256": loaded.sha256, "arch": loaded.arch, **metrics}
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="weights written by resnet5m train (<run>/resnet5m_<arch>.pt)")
+    parser.add_argument("--out", required=True, help="where to write the published copy, e.g. weights/resnet5m_seed.pt")
+    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="flip TTA (default: on)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_publish(args: argparse.Namespace) -> dict:
+    out = publish(
+        args.weights, args.out, data_dir=args.data_dir, download=args.download, tta=args.tta, device=args.device,
+        force=args.force,
+    )  # fmt: skip
+    if not args.json:
+        print(f"test accuracy {100 * out['test_acc']:.2f}% on {out['test_n']:,} images{' with flip TTA' if args.tta else ''}")
+        print(f"wrote {out['weights']} (sha256 {out['sha256']})")
+    return out

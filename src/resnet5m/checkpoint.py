@@ -181,20 +181,25 @@ class LoadedWeights:
     meta: dict = field(default_factory=dict)
 
 
-def load_weights(
-    path: str | os.PathLike,
-    arch: str | None = None,
-    device: torch.device | str = "cpu",
-    expected_sha256: str | None = None,
-) -> LoadedWeights:
-    """Load a weights file safely (weights_only=True), checking its sha256 when one is expected."""
+def read_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu", expected_sha256: str | None = None
+) -> tuple[Any, str]:
+    """The object a .pt file holds (torch.load with weights_only=True) and the file's sha256, checked when expected."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} not found; pass --weights PATH to an existing .pt file")
     digest = sha256_of(path)
     if expected_sha256 and digest != expected_sha256.lower():
         raise UserError(f"{path} has sha256 {digest}, expected {expected_sha256}; the file is corrupt or not the one published")
-    state, meta = _split_payload(_torch_load(path, device), path)
+    return _torch_load(path, device), digest
+
+
+def weights_from(
+    obj: Any, path: str | os.PathLike, sha256: str, arch: str | None = None, device: torch.device | str = "cpu"
+) -> LoadedWeights:
+    """Build the model a loaded checkpoint object describes (any accepted layout) and load its weights."""
+    path = Path(path)
+    state, meta = _split_payload(obj, path)
     state = unwrap_state_dict(state)
     if arch is None:
         if "config" in meta:
@@ -213,4 +218,15 @@ def load_weights(
     # fp16-stored weights go back to fp32; integer buffers (num_batches_tracked) keep their dtype.
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
-    return LoadedWeights(model.to(device), arch, digest, meta)
+    return LoadedWeights(model.to(device), arch, sha256, meta)
+
+
+def load_weights(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    device: torch.device | str = "cpu",
+    expected_sha256: str | None = None,
+) -> LoadedWeights:
+    """Load a weights file safely (weights_only=True), checking its sha256 when one is expected."""
+    obj, digest = read_checkpoint(path, device, expected_sha256)
+    return weights_from(obj, path, digest, arch, device)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_weights, sha256_of
+from .checkpoint import read_checkpoint, sha256_of, weights_from
 from .errors import UserError
 from .model import config_from_dict, get_config
 from .quantize import int8_from_state, quiet
@@ -112,25 +112,22 @@ def _check_arch(arch: str | None, meta: dict, path: Path) -> str:
     return arch or known
 
 
-def _load_int8(obj: dict, path: Path, arch: str | None) -> LoadedModel:
+def _load_int8(obj: dict, path: Path, arch: str | None, sha256: str) -> LoadedModel:
     if obj.get("format_version", 0) > INT8_FORMAT_VERSION:
         raise UserError(f"{path} is an int8 file of a newer resnet5m (format {obj['format_version']}); upgrade resnet5m")
     config = config_from_dict(obj["config"]) if "config" in obj else get_config(obj["arch"])
     backend = obj.get("quantization", {}).get("backend", "x86")
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     model = int8_from_state(obj["state_dict"], config, backend)
-    return LoadedModel(model, _check_arch(arch, meta, path), sha256_of(path), "int8", meta)
+    return LoadedModel(model, _check_arch(arch, meta, path), sha256, "int8", meta)
 
 
 def _load_torch_file(path: Path, arch: str | None, device: torch.device | str) -> LoadedModel:
-    try:
-        with quiet():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # let load_weights produce its specific error message
-        obj = None
+    with quiet():  # read once, on the CPU (int8 kernels live there); the caller moves the model
+        obj, digest = read_checkpoint(path)
     if isinstance(obj, dict) and obj.get("format") == INT8_FORMAT:
-        return _load_int8(obj, path, arch)
-    loaded = load_weights(path, arch=arch, device=device)
+        return _load_int8(obj, path, arch, digest)
+    loaded = weights_from(obj, path, digest, arch=arch, device=device)
     fmt = loaded.meta.get("export", {}).get("export_format", "fp32")
     return LoadedModel(loaded.model, loaded.arch, loaded.sha256, fmt, loaded.meta)
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from resnet5m.errors import UserError
 from resnet5m.model import ResNetConfig, build_model, count_params, infer_config, macs_per_image
@@ -77,6 +78,19 @@ def test_fast_arch_is_small_and_runs_at_several_resolutions():
     assert macs_per_image(model) < 200e6  # under a quarter of the seed net's 874M
     for size in (16, 24, 32):
         assert model(torch.zeros(2, 3, size, size)).shape == (2, 10)
+
+
+def test_whitening_decorrelates_patches():
+    from resnet5m.fastnet import Whiten
+
+    g = torch.Generator().manual_seed(0)
+    mix = torch.tensor([[1.0, 0.9, 0.8], [0.0, 0.4, 0.3], [0.0, 0.0, 0.2]])
+    images = torch.einsum("ij,njhw->nihw", mix, torch.randn(64, 3, 16, 16, generator=g))  # correlated channels
+    whiten = Whiten(2)
+    whiten.fit(images)
+    out = F.conv2d(images, whiten.weight[:12]).permute(1, 0, 2, 3).reshape(12, -1)  # the positive half
+    cov = out @ out.T / out.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)
 
 
 def test_configs_round_trip_through_dicts():

@@ -15,6 +15,13 @@ def config(cifar_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def test_fast_net_whitening_is_fitted_from_the_training_images(cifar_dir, tmp_path):
+    trainer = Trainer(config(cifar_dir, tmp_path, arch="fast", batch_size=50, subset=100))
+    filters = trainer.model.whiten.weight
+    assert filters.abs().sum() > 0 and torch.equal(filters[:12], -filters[12:])
+    assert "whiten.weight" in trainer.model.state_dict() and not any(p is filters for p in trainer.model.parameters())
+
+
 def test_smoke_training_learns(cifar_dir, tmp_path):
     history = train(config(cifar_dir, tmp_path, epochs=3, test=True))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -119,10 +126,22 @@ def test_no_weight_decay_on_batchnorm_and_bias(cifar_dir, tmp_path):
 
 
 def test_command_line_reproduces_the_recipe():
-    from resnet5m.train import command_line
+    import argparse
+    import shlex
 
-    cfg = TrainConfig(arch="fast", epochs=10, lr=0.4, tta=False, progressive="24:5", out="runs/x", quiet=True)
-    assert command_line(cfg) == "resnet5m train --arch fast --epochs 10 --lr 0.4 --progressive 24:5 --no-tta --out runs/x"
+    from resnet5m.train import PRESETS, add_train_arguments, command_line, config_from_args, recipe
+
+    cfg = recipe("fast", lr=0.4, tta=False, progressive="24:5", out="runs/x", quiet=True)
+    assert cfg.epochs == PRESETS["fast"]["epochs"] and cfg.batch_size == PRESETS["fast"]["batch_size"]
+    assert command_line(cfg) == "resnet5m train --arch fast --lr 0.4 --progressive 24:5 --no-tta --out runs/x"
+    assert command_line(TrainConfig(out="r")) == "resnet5m train --arch seed --out r"
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    for original in (cfg, recipe("seed", epochs=3, ema=True, out="r"), recipe("tiny", batch_size=8, out="r")):
+        parsed = config_from_args(parser.parse_args(shlex.split(command_line(original))[2:]))
+        assert parsed == TrainConfig(**{**vars(original), "quiet": False})  # quiet is runtime, not recorded
+    with pytest.raises(TypeError):
+        recipe("fast", no_such_field=1)
 
 
 def test_ema_moves_towards_the_live_weights():

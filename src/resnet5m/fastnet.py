@@ -1,9 +1,10 @@
 """`fast`: a residual network shaped for few multiply-adds per image (CPU training speed).
 
-Each stage is conv3x3 -> 2x2 max-pool -> BN -> GELU, then a residual conv3x3-BN-GELU at the pooled
-size. Pooling right after the widening conv (as in the public CIFAR-10 speed-run networks) runs the
-costlier convolutions at a quarter of the pixels; a global max-pool and a bias-free linear layer
-make the head.
+A fixed 2x2 patch-whitening convolution (its filters computed from the training images, not
+learned) decorrelates the input; then each stage is conv3x3 -> 2x2 max-pool -> BN -> GELU, plus a
+residual conv3x3-BN-GELU at the pooled size. Pooling right after the widening conv (as in the
+public CIFAR-10 speed-run networks) runs the costlier convolutions at a quarter of the pixels; a
+global max-pool and a bias-free linear layer, scaled down, make the head.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from torch import nn
 
 @dataclass(frozen=True)
 class FastConfig:
-    """Stem width and the width of each pooled stage."""
+    """Stage widths, whitening patch size and the scale of the output logits."""
 
     widths: tuple[int, ...] = (64, 256, 256)
-    stem: int = 32
+    patch: int = 2
+    logit_scale: float = 0.125
     num_classes: int = 10
 
     def to_dict(self) -> dict:
@@ -29,7 +31,7 @@ class FastConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FastConfig:
-        return cls(tuple(d["widths"]), int(d["stem"]), int(d.get("num_classes", 10)))
+        return cls(tuple(d["widths"]), int(d["patch"]), float(d["logit_scale"]), int(d.get("num_classes", 10)))
 
     def build(self) -> FastNet:
         return FastNet(self)
@@ -61,18 +63,53 @@ class PoolStage(nn.Module):
         return x + self.residual(x)
 
 
+class Whiten(nn.Module):
+    """A fixed patch x patch convolution that whitens image patches: 2 * 3 * patch**2 output channels.
+
+    The filters are the eigenvectors of the training patches' covariance, each scaled by 1/sqrt of its
+    eigenvalue, plus their negatives (so the GELU after it drops no direction). They are a buffer:
+    set once from data by `fit`, saved and loaded with the weights, never trained. The bias is learned.
+    """
+
+    def __init__(self, patch: int) -> None:
+        super().__init__()
+        d = 3 * patch * patch
+        self.patch = patch
+        self.register_buffer("weight", torch.zeros(2 * d, 3, patch, patch))
+        self.bias = nn.Parameter(torch.zeros(2 * d))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the filters from normalized float images (N, 3, H, W)."""
+        p = self.patch
+        patches = images.double().unfold(2, p, 1).unfold(3, p, 1)  # (N, 3, H-p+1, W-p+1, p, p)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * p * p)  # rows in conv-weight order
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, 3, p, p)
+        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+
 class FastNet(nn.Module):
-    """Stem -> pooled residual stages -> global max-pool -> linear."""
+    """Whitening -> pooled residual stages -> global max-pool -> scaled linear."""
 
     def __init__(self, config: FastConfig) -> None:
         super().__init__()
         self.config = config
-        self.stem = ConvBN(3, config.stem)
-        widths = (config.stem, *config.widths)
+        self.whiten = Whiten(config.patch)
+        widths = (self.whiten.bias.numel(), *config.widths)
         self.stages = nn.Sequential(*[PoolStage(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
         self.linear = nn.Linear(widths[-1], config.num_classes, bias=False)
 
+    def fit_to_data(self, images: torch.Tensor) -> None:
+        """Data-dependent initialisation from normalized training images: the whitening filters."""
+        self.whiten.fit(images)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 3, H, W) -> logits (B, num_classes); any H, W >= 2 ** len(widths)
-        out = self.stages(self.stem(x))
-        return self.linear(out.amax(dim=(2, 3)))
+        # x: (B, 3, H, W) -> logits (B, num_classes); H, W >= 2 ** len(widths) + patch - 1.
+        # The small logit scale keeps early high-learning-rate steps from saturating the softmax.
+        out = self.stages(F.gelu(self.whiten(x)))
+        return self.linear(out.amax(dim=(2, 3))) * self.config.logit_scale

@@ -46,7 +46,7 @@ ArchConfig = ResNetConfig | FastConfig
 ARCHS: dict[str, ArchConfig] = {
     "seed": ResNetConfig(blocks=(5, 4, 3), widths=(64, 128, 256)),
     "tiny": ResNetConfig(blocks=(1, 1, 1), widths=(16, 32, 64)),
-    "fast": FastConfig(widths=(64, 256, 256), stem=32),
+    "fast": FastConfig(widths=(64, 256, 256)),
 }
 
 

@@ -34,6 +34,7 @@ from .runtime import autocast, pick_device, prepare
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 RUN_FORMAT = "resnet5m-run"
+FIT_IMAGES = 5000  # training images a data-dependent initialisation looks at
 
 
 def _f(default, help: str):  # noqa: A002 - mirrors argparse's name
@@ -72,6 +73,25 @@ class TrainConfig:
     data_dir: str | None = _f(None, "folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
     download: bool = _f(True, "download CIFAR-10 when it is missing")
     quiet: bool = _f(False, "no progress bars, one line per epoch")
+
+
+# Per-architecture recipes: the fields where `resnet5m train --arch NAME` departs from the defaults above.
+PRESETS: dict[str, dict] = {
+    "fast": {
+        "epochs": 10,
+        "batch_size": 1024,
+        "lr": 1.0,
+        "momentum": 0.85,
+        "label_smoothing": 0.2,
+        "warmup_epochs": 2.0,
+        "progressive": "24:4",
+    },
+}
+
+
+def recipe(arch: str = "seed", **overrides) -> TrainConfig:
+    """The TrainConfig of an architecture's preset recipe, with overrides (unknown names raise)."""
+    return TrainConfig(**{"arch": arch, **PRESETS.get(arch, {}), **overrides})
 
 
 # Fields that may differ when a run is resumed (where and how it runs, not what it computes).
@@ -188,6 +208,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
         (self.train_x, self.train_y), self.val = split_data(cfg)
+        if hasattr(self.model, "fit_to_data"):  # data-dependent init (fast net's whitening); resume overwrites it
+            self.model.fit_to_data(model_input(self.train_x[:FIT_IMAGES], 32).to(self.device))
         # Padded once; each step gathers its crops from here. Kept on the training device.
         self.padded = augment.reflect_pad(self.train_x, cfg.crop_pad).to(self.device)
         self.train_y = self.train_y.to(self.device)
@@ -419,11 +441,12 @@ def _flag(name: str) -> str:
 
 
 def command_line(cfg: TrainConfig) -> str:
-    """The `resnet5m train` command that reproduces cfg: every recipe field that differs from its default."""
-    parts = ["resnet5m", "train"]
+    """The `resnet5m train` command that reproduces cfg: its arch and every field that differs from the arch's preset."""
+    parts = ["resnet5m", "train", "--arch", cfg.arch]
+    preset = recipe(cfg.arch)
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if f.name in RUNTIME_FIELDS - {"out"} or value == f.default:
+        if f.name == "arch" or f.name in RUNTIME_FIELDS - {"out"} or value == getattr(preset, f.name):
             continue
         flag = _flag(f.name)
         if isinstance(value, bool):
@@ -434,17 +457,25 @@ def command_line(cfg: TrainConfig) -> str:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with the field's default and help."""
+    """One flag per TrainConfig field. Flags left out take the arch's preset (PRESETS), else the field's default."""
     for f in fields(TrainConfig):
         flag = _flag(f.name)
+        presets = ", ".join(f"{arch} {p[f.name]}" for arch, p in PRESETS.items() if f.name in p)
+        text = f"{f.metadata['help']} (default: {f.default}{'; ' + presets if presets else ''})"
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+            parser.add_argument(flag, type=kind, default=None, help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The arch's preset recipe with every flag the user gave applied on top."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    return recipe(given.pop("arch", "seed"), **given)
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    cfg = config_from_args(args)
     history = train(cfg)
     return {"history": history}

@@ -1,21 +1,31 @@
-"""Benchmarks: `python -m resnet5m.bench pipeline` times a training step with and without the
-augmentation pipeline, so the pipeline's overhead is measured, not guessed."""
+"""Benchmarks, each printing one JSON line.
+
+`pipeline` times a training step with and without the augmentation pipeline, so the pipeline's
+overhead is measured, not guessed. `time-to-accuracy` trains an arch's preset recipe on all 50,000
+training images, evaluates the test split once at the end, and reports the wall-clock and whether
+the target accuracy was reached (the recipe is fixed in advance, as in the public speed runs: the
+test split is not watched during training).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
 from . import augment
+from .checkpoint import load_weights
 from .data import model_input
 from .errors import UserError
 from .model import build_model
 from .runtime import autocast, pick_device, prepare
+from .train import command_line, recipe, train
 
 
 def _time_steps(step, n: int) -> float:
@@ -67,6 +77,30 @@ def pipeline(arch: str, batch_size: int, size: int, steps: int, device_name: str
     }  # fmt: skip
 
 
+def time_to_accuracy(arch: str, target: float, seed: int, data_dir: str | None, out: str | None, **overrides) -> dict:
+    """Train recipe(arch) on all training images, test once; wall-clock, throughput and accuracy."""
+    with tempfile.TemporaryDirectory(prefix="resnet5m-bench-") as tmp:
+        cfg = recipe(arch, seed=seed, val_size=0, test=True, data_dir=data_dir, out=out or tmp, quiet=True, **overrides)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # train's own lines; stdout carries the JSON line only
+            history = train(cfg)
+        wall = time.perf_counter() - start
+        metrics = load_weights(f"{cfg.out}/resnet5m_{arch}.pt").meta["metrics"]
+    train_seconds = sum(row["seconds"] for row in history)
+    images = sum(row["seconds"] * row["images_per_s"] for row in history)
+    reached = metrics["test_acc"] >= target
+    return {
+        "arch": arch, "seed": seed, "epochs": cfg.epochs, "target": target,
+        "test_acc": metrics["test_acc"], "test_n": metrics["test_n"], "reached": reached,
+        "wall_s": round(wall, 1),  # everything: data loading, init, training, checkpoints, the test pass
+        "train_s": round(train_seconds, 1),  # the training passes alone
+        "time_to_target_s": round(wall, 1) if reached else None,
+        "train_images_per_s": round(images / train_seconds, 1),
+        "threads": torch.get_num_threads(), "device": str(pick_device(cfg.device)),
+        "command": command_line(cfg),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnet5m.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,9 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=32, help="training resolution")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("time-to-accuracy", help="train an arch's preset on all training images; wall-clock to the target")
+    p.add_argument("--arch", default="fast")
+    p.add_argument("--target", type=float, default=0.94, help="test accuracy to reach (fraction)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    p.add_argument("--out", help="keep the run folder here (default: a temporary folder, removed afterwards)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--progressive", help="override the preset's resolution schedule")
+    p.add_argument("--device", help="override the device (default: auto)")
     args = parser.parse_args(argv)
     try:
-        print(json.dumps(pipeline(args.arch, args.batch_size, args.size, args.steps, args.device)))
+        if args.command == "pipeline":
+            out = pipeline(args.arch, args.batch_size, args.size, args.steps, args.device)
+        else:
+            overrides = {k: getattr(args, k) for k in ("epochs", "progressive", "device") if getattr(args, k) is not None}
+            out = time_to_accuracy(args.arch, args.target, args.seed, args.data_dir, args.out, **overrides)
+        print(json.dumps(out))
     except UserError as e:
         print(f"resnet5m.bench: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,24 @@
+import json
+
+from resnet5m.bench import main
+
+
+def test_pipeline_reports_step_times(capsys):
+    assert main(["pipeline", "--arch", "tiny", "--batch-size", "16", "--steps", "1", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_step_s"] > 0 and out["augment_s"] > 0 and out["size"] == 32
+
+
+def test_time_to_accuracy_prints_one_json_line(cifar_dir, tmp_path, capsys):
+    argv = ["time-to-accuracy", "--arch", "tiny", "--epochs", "2", "--data-dir", str(cifar_dir), "--out", str(tmp_path)]
+    assert main(argv + ["--target", "0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines  # train's own messages go to stderr
+    out = json.loads(lines[0])
+    assert out["test_n"] == 200 and out["epochs"] == 2 and out["wall_s"] >= out["train_s"] > 0
+    assert out["reached"] == (out["test_acc"] >= 0.5)
+    assert out["time_to_target_s"] == (out["wall_s"] if out["reached"] else None)
+    assert out["command"].startswith("resnet5m train --arch tiny --epochs 2 --val-size 0")
+    assert (tmp_path / "resnet5m_tiny.pt").is_file()
+    assert main(argv + ["--target", "1.01"]) == 2  # the run folder is kept, so a second run is refused
+    assert "already holds a run" in capsys.readouterr().err

@@ -35,3 +35,29 @@ def test_batchnorm_folding_does_not_change_predictions(cifar_dir):
 
         plain = model.eval()(model_input(images)).argmax(1)
     assert torch.equal(folded.predictions, plain)
+
+
+def test_shifted_views_move_the_image_and_are_averaged():
+    from resnet5m.evaluate import predict_logits, recipe_views, shifted
+
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    up_left, down_right = shifted(x, 1)
+    assert up_left.shape == down_right.shape == x.shape
+    assert torch.equal(up_left[..., :-1, :-1], x[..., 1:, 1:]) and torch.equal(down_right[..., 1:, 1:], x[..., :-1, :-1])
+
+    seen = []
+
+    def model(v):
+        seen.append(v)
+        return v.mean(dim=(1, 2, 3))[:, None].expand(-1, 10)
+
+    logits = predict_logits(model, x, tta=True, shift=1)
+    assert len(seen) == 6  # identity, mirror, and both shifted copies of each
+    assert torch.allclose(logits, torch.stack([model(v) for v in seen]).mean(0))
+    assert recipe_views({}) == (True, 0) and recipe_views({"recipe": {"tta": False, "tta_shift": 2}}) == (False, 2)
+
+
+def test_evaluate_reports_its_views(cifar_dir):
+    images, labels = load_split("test", cifar_dir)
+    result = evaluate(build_model("tiny"), images[:20], labels[:20], tta=True, tta_shift=2, progress=False)
+    assert result.to_dict()["tta_shift"] == 2 and result.views == " with flip + 2-px shift TTA"

@@ -46,7 +46,7 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from .data import load_split
-    from .evaluate import evaluate
+    from .evaluate import evaluate, recipe_views
     from .formats import load_any
     from .runtime import pick_device, prepare
 
@@ -63,7 +63,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     model = prepare(loaded.model, device)
     result = evaluate(
         model, images, labels, device=device, batch_size=args.batch_size, tta=args.tta, precision=loaded.precision,
-        progress=not args.json,
+        tta_shift=recipe_views(loaded.meta)[1] if args.tta_shift is None else args.tta_shift, progress=not args.json,
     )  # fmt: skip
     out = {
         "arch": loaded.arch,
@@ -78,7 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         print(f"weights   {weights}  ({loaded.format}, arch {loaded.arch}, sha256 {loaded.sha256[:16]}...)")
         print(
             f"{args.split} accuracy  {100 * result.accuracy:.2f}% ± {100 * result.stderr:.2f} on {result.n:,} images"
-            f"{' with flip TTA' if args.tta else ''}; loss {result.loss:.4f}"
+            f"{result.views}; loss {result.loss:.4f}"
         )
         print("per class  " + "  ".join(f"{name} {100 * acc:.1f}" for name, acc in result.per_class.items()))
         print(f"speed     {result.images_per_s:.0f} images/s on {device}")
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="average each image's logits with its mirror image's, as training validates (default: on)",
+    )
+    p.add_argument(
+        "--tta-shift", type=int, help="also average copies shifted by N pixels (default: as the weights' recipe, else 0)"
     )
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")

@@ -27,10 +27,17 @@ class EvalResult:
     predictions: torch.Tensor
     seconds: float
     tta: bool
+    tta_shift: int = 0
 
     @property
     def images_per_s(self) -> float:
         return self.n / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def views(self) -> str:
+        """How the test-time views were averaged, for printing: '', ' with flip TTA', ..."""
+        parts = (["flip"] if self.tta else []) + ([f"{self.tta_shift}-px shift"] if self.tta_shift else [])
+        return f" with {' + '.join(parts)} TTA" if parts else ""
 
     @property
     def stderr(self) -> float:
@@ -46,17 +53,35 @@ class EvalResult:
             "per_class": self.per_class,
             "confusion": self.confusion,
             "tta": self.tta,
+            "tta_shift": self.tta_shift,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
         }
 
 
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits for a normalized batch; with tta, the mean over the image and its mirror."""
-    logits = model(x)
-    if tta:
-        logits = (logits + model(x.flip(3))) / 2
-    return logits
+def recipe_views(meta: dict) -> tuple[bool, int]:
+    """(flip TTA, shift) that a weights file's training recipe validated with; files without one: (True, 0)."""
+    recipe = meta.get("recipe") or {}
+    return bool(recipe.get("tta", True)), int(recipe.get("tta_shift", 0))
+
+
+def shifted(x: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch moved `shift` pixels up-left and down-right (reflect-padded borders), shapes unchanged."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (shift,) * 4, mode="reflect")
+    return padded[..., 2 * shift :, 2 * shift :], padded[..., :h, :w]
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False, shift: int = 0) -> torch.Tensor:
+    """Logits for a normalized batch, averaged over test-time views.
+
+    tta adds the mirror image; shift > 0 adds, for each of those, two copies moved diagonally by that
+    many pixels (the random crops of training move images by up to 4).
+    """
+    views = [x, x.flip(3)] if tta else [x]
+    if shift:
+        views += [v for view in views for v in shifted(view, shift)]
+    return torch.stack([model(v) for v in views]).mean(0)
 
 
 @torch.inference_mode()
@@ -68,6 +93,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     batch_size: int = 200,
     tta: bool = False,
+    tta_shift: int = 0,
     precision: str = "auto",
     progress: bool = True,
     size: int = 32,
@@ -86,7 +112,7 @@ def evaluate(
         x = model_input(images[i : i + batch_size].to(device), size)
         y = labels[i : i + batch_size].to(device)
         with autocast(device, precision):
-            logits = predict_logits(net, x, tta).float()
+            logits = predict_logits(net, x, tta, tta_shift).float()
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         predictions[i : i + batch_size] = logits.argmax(1).cpu()
     seconds = time.perf_counter() - start
@@ -105,4 +131,5 @@ def evaluate(
         predictions=predictions,
         seconds=seconds,
         tta=tta,
+        tta_shift=tta_shift,
     )

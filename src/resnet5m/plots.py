@@ -233,7 +233,7 @@ def plot_predictions(
 def accuracy_summary(result: EvalResult, reference: float | None = ORIGINAL_ACCURACY, split: str = "test") -> str:
     """'test accuracy 92.10% ± 0.27 on 10,000 images ...' with the gap to the reference in points and standard errors."""
     line = f"{split} accuracy {100 * result.accuracy:.2f}% ± {100 * result.stderr:.2f} (standard error) on {result.n:,} images"
-    line += " with flip TTA" if result.tta else ""
+    line += result.views
     if reference is not None and result.n:
         gap = result.accuracy - reference
         sigmas = abs(gap) / result.stderr if result.stderr > 0 else float("inf")

@@ -15,7 +15,7 @@ from pathlib import Path
 from .checkpoint import load_weights, save_weights
 from .data import load_split
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import evaluate, recipe_views
 from .runtime import pick_device, prepare
 
 # Keys save_weights writes itself; everything else in the source file's metadata is carried over.
@@ -43,9 +43,11 @@ def publish(
     dev = pick_device(device)
     precision = loaded.meta.get("recipe", {}).get("precision", "auto")
     model = prepare(loaded.model, dev)
-    res = evaluate(model, images, labels, device=dev, tta=tta, precision=precision, progress=False)
+    shift = recipe_views(loaded.meta)[1] if tta else 0  # the shifted views the recipe validated with
+    res = evaluate(model, images, labels, device=dev, tta=tta, tta_shift=shift, precision=precision, progress=False)
     meta = loaded.meta
     metrics = {**meta.get("metrics", {}), "test_acc": res.accuracy, "test_n": res.n, "test_loss": res.loss, "test_tta": tta}
+    metrics["test_tta_shift"] = shift
     if tta:  # the plain figure too, for readers comparing with results reported without TTA
         metrics["test_acc_no_tta"] = evaluate(model, images, labels, device=dev, precision=precision, progress=False).accuracy
     extra = {k: v for k, v in meta.items() if k not in _REWRITTEN}
@@ -60,7 +62,8 @@ def publish(
         extra=extra,
         overwrite=force,
     )
-    return {"weights": str(out), "sha256": digest, "source_sha256": loaded.sha256, "arch": loaded.arch, **metrics}
+    out_meta = {"weights": str(out), "sha256": digest, "source_sha256": loaded.sha256, "arch": loaded.arch, "views": res.views}
+    return {**out_meta, **metrics}
 
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +83,6 @@ def cmd_publish(args: argparse.Namespace) -> dict:
         force=args.force,
     )  # fmt: skip
     if not args.json:
-        print(f"test accuracy {100 * out['test_acc']:.2f}% on {out['test_n']:,} images{' with flip TTA' if args.tta else ''}")
+        print(f"test accuracy {100 * out['test_acc']:.2f}% on {out['test_n']:,} images{out['views']}")
         print(f"wrote {out['weights']} (sha256 {out['sha256']})")
     return out

@@ -61,6 +61,7 @@ class TrainConfig:
     ema: bool = _f(False, "evaluate an exponential moving average of the weights")
     ema_decay: float = _f(0.999, "EMA decay per step")
     tta: bool = _f(True, "flip test-time augmentation at evaluation")
+    tta_shift: int = _f(0, "also evaluate copies shifted diagonally by N pixels and average (0: off)")
     val_size: int = _f(5000, "hold out the last N training images for validation (0: train on all)")
     subset: int = _f(0, "train on the first N training images only (0: all)")
     test: bool = _f(False, "evaluate on the test split once, at the end")
@@ -378,7 +379,7 @@ class Trainer:
             # Validated at the epoch's training size: a net trained at 16 px scores far lower at 32 px until
             # its full-size epochs (BN statistics and object scale), which would hide its progress.
             res = evaluate(self.eval_model(), *self.val, device=self.device, tta=self.cfg.tta,
-                           precision=self.cfg.precision, progress=False, size=size)  # fmt: skip
+                           tta_shift=self.cfg.tta_shift, precision=self.cfg.precision, progress=False, size=size)  # fmt: skip
             row.update(val_loss=res.loss, val_acc=res.accuracy)
         if self.dist.main:
             val = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
@@ -406,12 +407,13 @@ def train(cfg: TrainConfig) -> list[dict]:
             labels,
             device=trainer.device,
             tta=cfg.tta,
+            tta_shift=cfg.tta_shift,
             precision=cfg.precision,
             progress=not cfg.quiet,
         )
         metrics.update(test_acc=res.accuracy, test_n=res.n, test_loss=res.loss)
         if trainer.dist.main:
-            print(f"test accuracy {100 * res.accuracy:.2f}% on {res.n:,} images", flush=True)
+            print(f"test accuracy {100 * res.accuracy:.2f}% on {res.n:,} images{res.views}", flush=True)
     if trainer.dist.main:
         path = trainer.out / f"resnet5m_{cfg.arch}.pt"
         extra = {

@@ -52,8 +52,9 @@ def test_shifted_views_move_the_image_and_are_averaged():
         return v.mean(dim=(1, 2, 3))[:, None].expand(-1, 10)
 
     logits = predict_logits(model, x, tta=True, shift=1)
-    assert len(seen) == 6  # identity, mirror, and both shifted copies of each
-    assert torch.allclose(logits, torch.stack([model(v) for v in seen]).mean(0))
+    views = list(seen)
+    assert len(views) == 6  # identity, mirror, and both shifted copies of each
+    assert torch.allclose(logits, torch.stack([model(v) for v in views]).mean(0))
     assert recipe_views({}) == (True, 0) and recipe_views({"recipe": {"tta": False, "tta_shift": 2}}) == (False, 2)
 
 

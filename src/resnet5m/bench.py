@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import augment
 from .checkpoint import load_weights
-from .data import model_input
+from .data import DATA_DIR_HELP, model_input
 from .errors import UserError
 from .model import build_model
 from .runtime import autocast, pick_device, prepare
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="fast")
     p.add_argument("--target", type=float, default=0.94, help="test accuracy to reach (fraction)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", help="keep the run folder here (default: a temporary folder, removed afterwards)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--progressive", help="override the preset's resolution schedule")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .data import DATA_DIR_HELP
 from .errors import UserError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repository's weights/ in a source checkout
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy of trained weights on CIFAR-10")
     p.add_argument("--weights", help="a .pt file (default: the shipped weights/resnet5m_<arch>.pt)")
     p.add_argument("--arch", help="architecture (default: read from the weights file)")
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument(
         "--download",
         action=argparse.BooleanOptionalAction,

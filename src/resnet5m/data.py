@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from .errors import UserError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The --data-dir help of every command, next to the lookup order it describes (resolve_data_dir).
+DATA_DIR_HELP = "folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)"
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import normalize
+from .data import DATA_DIR_HELP, normalize
 from .errors import UserError
 from .export import FORMATS, default_out, export
 from .formats import load_any
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Export to every format and print size/accuracy/speed as markdown.",
     )
     parser.add_argument("--weights", required=True, help="source .pt file")
-    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out-dir", help="keep the exported files here (overwritten); default: a temporary folder")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast row of the fp32 checkpoint")

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .checkpoint import load_weights, save_weights
-from .data import load_split
+from .data import DATA_DIR_HELP, load_split
 from .errors import UserError
 from .evaluate import evaluate, recipe_views
 from .runtime import pick_device, prepare
@@ -69,7 +69,7 @@ def publish(
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="weights written by resnet5m train (<run>/resnet5m_<arch>.pt)")
     parser.add_argument("--out", required=True, help="where to write the published copy, e.g. weights/resnet5m_seed.pt")
-    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="flip TTA (default: on)")
     parser.add_argument("--device", default="auto")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import augment
 from .checkpoint import atomic_save, save_weights, staged
-from .data import load_split, model_input
+from .data import DATA_DIR_HELP, load_split, model_input
 from .errors import UserError
 from .evaluate import evaluate
 from .model import build_model
@@ -71,7 +71,7 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (worth it on GPU for long runs)")
     out: str = _f("runs/default", "run folder for checkpoints, history and final weights")
     resume: bool = _f(False, "continue from the run folder's last checkpoint")
-    data_dir: str | None = _f(None, "folder holding cifar-10-batches-py/ (default: $RESNET5M_DATA, else ./data)")
+    data_dir: str | None = _f(None, DATA_DIR_HELP)
     download: bool = _f(True, "download CIFAR-10 when it is missing")
     quiet: bool = _f(False, "no progress bars, one line per epoch")
 
@@ -209,7 +209,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
         (self.train_x, self.train_y), self.val = split_data(cfg)
-        if hasattr(self.model, "fit_to_data"):  # data-dependent init (fast net's whitening); resume overwrites it
+        if hasattr(self.model, "fit_to_data") and not cfg.resume:  # data-dependent init (fast net's whitening)
             self.model.fit_to_data(model_input(self.train_x[:FIT_IMAGES], 32).to(self.device))
         # Padded once; each step gathers its crops from here. Kept on the training device.
         self.padded = augment.reflect_pad(self.train_x, cfg.crop_pad).to(self.device)

@@ -103,6 +103,28 @@ def test_divergence_names_epoch_and_step(cifar_dir, tmp_path):
         train(config(cifar_dir, tmp_path, lr=1e12, warmup_epochs=0, precision="fp32"))
 
 
+def flips_seen(trainer: Trainer, epoch: int) -> dict[int, bool]:
+    """Image index -> whether it came out mirrored, for every image of one epoch (crop_pad 0)."""
+    originals = {bytes(x.numpy()): i for i, x in enumerate(trainer.train_x)}
+    mirrored = {bytes(x.flip(-1).numpy()): i for i, x in enumerate(trainer.train_x)}
+    seen = {}
+    for xb, _ in trainer.batches(epoch):
+        for x in xb:
+            key = bytes(x.numpy())
+            seen[originals[key] if key in originals else mirrored[key]] = key not in originals
+    return seen
+
+
+def test_alternate_flip_shows_every_image_both_ways_in_two_epochs(cifar_dir, tmp_path):
+    trainer = Trainer(config(cifar_dir, tmp_path, crop_pad=0, alternate_flip=True, batch_size=200))
+    first, second, third = (flips_seen(trainer, e) for e in range(3))
+    assert len(first) == 800 and 300 < sum(first.values()) < 500  # a random half, drawn once
+    assert all(second[i] != first[i] for i in first) and third == first
+    random_flips = Trainer(config(cifar_dir, tmp_path / "r", crop_pad=0, batch_size=200))
+    a, b = flips_seen(random_flips, 0), flips_seen(random_flips, 1)
+    assert 0 < sum(a[i] == b[i] for i in a) < 800  # at random, some images repeat their side
+
+
 def test_lr_schedule_shape():
     assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
     assert lr_factor(9, 100, 10, "linear") == 1.0

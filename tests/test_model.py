@@ -80,6 +80,15 @@ def test_fast_arch_is_small_and_runs_at_several_resolutions():
         assert model(torch.zeros(2, 3, size, size)).shape == (2, 10)
 
 
+def test_fast_convs_start_as_identity_maps():
+    from resnet5m.fastnet import identity_conv
+
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(identity_conv(8, 8)(x), x)
+    wide = identity_conv(8, 32)(x)  # widening: the first 8 channels copy the input, the rest are random
+    assert torch.equal(wide[:, :8], x) and wide[:, 8:].abs().sum() > 0
+
+
 def test_whitening_decorrelates_patches():
     from resnet5m.fastnet import Whiten
 

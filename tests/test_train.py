@@ -43,23 +43,48 @@ def test_no_validation_when_val_size_is_zero(cifar_dir, tmp_path):
     assert "val_acc" not in history[0]
 
 
-def test_resume_is_bitwise_identical(cifar_dir, tmp_path):
-    kw = dict(epochs=3, ema=True, cutout=8, progressive="16:1", seed=3)
+@pytest.mark.parametrize(
+    "kw, averaged",
+    [
+        (dict(epochs=3, ema=True, cutout=8, progressive="16:1", seed=3), "ema"),
+        # 8 steps an epoch: the lookahead starts at step 25 (epoch 4), so cutting after epoch 4 splits it.
+        (dict(epochs=5, lookahead=True, alternate_flip=True, bn_momentum=0.4, seed=4), "lookahead"),
+    ],
+)
+def test_resume_is_bitwise_identical(cifar_dir, tmp_path, kw, averaged):
     train(config(cifar_dir, tmp_path / "straight", **kw))
 
     first = Trainer(config(cifar_dir, tmp_path / "cut", **kw))
-    first.history.append(first.one_epoch())  # one epoch, then the process "dies"
-    first.epoch += 1
+    for _ in range(kw["epochs"] - 1):  # all but one epoch, then the process "dies"
+        first.history.append(first.one_epoch())
+        first.epoch += 1
     first.save_checkpoint()
     del first
     train(config(cifar_dir, tmp_path / "cut", resume=True, **kw))
 
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
-    for part in ("model", "ema"):
+    for part in ("model", averaged):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
     assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
+
+
+def test_lookahead_ends_each_epoch_on_the_average(cifar_dir, tmp_path):
+    trainer = Trainer(config(cifar_dir, tmp_path, epochs=5, lookahead=True))
+    assert trainer.lookahead_first == 25  # first multiple of 5 after 3 epochs of 8 steps
+    steps = []
+    real = trainer.lookahead.update
+    trainer.lookahead.update = lambda decay=None: (steps.append(decay), real(decay))
+    for _ in range(5):
+        trainer.one_epoch()
+        trainer.epoch += 1
+    assert len(steps) == 4 and steps[0] == 0.0  # steps 25, 30, 35, 40; the first copies the weights
+    assert 0 < steps[1] < steps[2] < steps[3] < 1  # the decay grows over the run
+    live, avg = trainer.model.state_dict(), trainer.lookahead.model.state_dict()
+    assert all(torch.equal(live[k], avg[k]) for k in live if live[k].is_floating_point())
+    with pytest.raises(UserError, match="choose one"):
+        Trainer(config(cifar_dir, tmp_path / "both", ema=True, lookahead=True))
 
 
 def test_interrupt_keeps_the_last_checkpoint(cifar_dir, tmp_path, monkeypatch):
@@ -145,6 +170,19 @@ def test_no_weight_decay_on_batchnorm_and_bias(cifar_dir, tmp_path):
     decay, no_decay = trainer.optimizer.param_groups
     assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] > 0
     assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0
+
+
+def test_fast_net_learns_batchnorm_shifts_only_at_their_own_lr(cifar_dir, tmp_path):
+    trainer = Trainer(config(cifar_dir, tmp_path, arch="fast", batch_size=50, subset=100, bn_bias_lr_scale=64))
+    bns = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    decay, other, shifts = trainer.optimizer.param_groups
+    assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in bns}
+    assert shifts["lr"] == pytest.approx(64 * other["lr"]) and shifts["weight_decay"] == 0
+    frozen = {id(m.weight) for m in bns}  # BN scales stay 1: in no group
+    assert not frozen & {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert [p.numel() for p in other["params"]] == [24]  # the whitening bias
+    trainer.run()
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)
 
 
 def test_command_line_reproduces_the_recipe():

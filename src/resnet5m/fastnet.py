@@ -5,6 +5,11 @@ learned) decorrelates the input; then each stage is conv3x3 -> 2x2 max-pool -> B
 residual conv3x3-BN-GELU at the pooled size. Pooling right after the widening conv (as in the
 public CIFAR-10 speed-run networks) runs the costlier convolutions at a quarter of the pixels; a
 global max-pool and a bias-free linear layer, scaled down, make the head.
+
+Two choices from those speed runs (Keller Jordan's airbench ablations) shorten training: every conv
+starts as an identity map on the channels it can (dirac init), so the untrained net passes its input
+through; and BatchNorm learns only its shift (the scale stays 1, which the conv weights can absorb),
+which pairs with a larger learning rate for those shifts (`TrainConfig.bn_bias_lr_scale`).
 """
 
 from __future__ import annotations
@@ -37,13 +42,28 @@ class FastConfig:
         return FastNet(self)
 
 
+def identity_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """conv3x3 without bias (BN follows) whose first min(c_in, c_out) filters start as the identity."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(c_in, c_out), :])
+    return conv
+
+
+def shift_only_bn(c: int) -> nn.BatchNorm2d:
+    """BatchNorm whose scale is frozen at 1: only the shift (bias) is learned."""
+    bn = nn.BatchNorm2d(c)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
 class ConvBN(nn.Module):
-    """conv3x3 (no bias: BN follows) -> BN -> GELU."""
+    """conv3x3 -> BN -> GELU."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.conv = identity_conv(c_in, c_out)
+        self.bn = shift_only_bn(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.bn(self.conv(x)))
@@ -54,8 +74,8 @@ class PoolStage(nn.Module):
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.conv = identity_conv(c_in, c_out)
+        self.bn = shift_only_bn(c_out)
         self.residual = ConvBN(c_out, c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,10 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 RUN_FORMAT = "resnet5m-run"
 FIT_IMAGES = 5000  # training images a data-dependent initialisation looks at
+# Lookahead (as in hlb-cifar10 / airbench): from epoch LOOKAHEAD_START on, every LOOKAHEAD_EVERY steps the
+# average moves towards the weights and the weights restart from the average. Its decay grows with the cube of
+# the run's progress: early on it follows the weights closely, at the end it averages strongly.
+LOOKAHEAD_START, LOOKAHEAD_EVERY, LOOKAHEAD_DECAY = 3, 5, 0.95**5
 
 
 def _f(default, help: str):  # noqa: A002 - mirrors argparse's name
@@ -51,6 +55,7 @@ class TrainConfig:
     lr: float = _f(0.2, "peak learning rate")
     momentum: float = _f(0.9, "Nesterov momentum")
     weight_decay: float = _f(5e-4, "weight decay (not applied to BatchNorm and biases)")
+    bn_bias_lr_scale: float = _f(1.0, "learning-rate multiplier for BatchNorm shifts (biases)")
     label_smoothing: float = _f(0.1, "label smoothing")
     warmup_epochs: float = _f(1.0, "linear warmup length in epochs")
     schedule: str = _f("linear", "decay after warmup: linear or cosine (to zero, stepped per batch)")
@@ -61,6 +66,8 @@ class TrainConfig:
     progressive: str = _f("", "early epochs at lower resolution, e.g. '16:4,24:4' (4 epochs at 16 px, 4 at 24, rest 32)")
     ema: bool = _f(False, "evaluate an exponential moving average of the weights")
     ema_decay: float = _f(0.999, "EMA decay per step")
+    lookahead: bool = _f(False, "every 5 steps after epoch 3, pull an average of the weights towards them and go on from it")
+    bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (PyTorch's: the newest batch's weight)")
     tta: bool = _f(True, "flip test-time augmentation at evaluation")
     tta_shift: int = _f(0, "also evaluate copies shifted diagonally by N pixels and average (0: off)")
     val_size: int = _f(5000, "hold out the last N training images for validation (0: train on all)")
@@ -125,10 +132,20 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """Nesterov SGD; no weight decay on BatchNorm weights and biases (all 1-d tensors)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Nesterov SGD over the trainable tensors: weight decay on weights only (not on 1-d BatchNorm
+    scales and biases), and BatchNorm biases at lr * bn_bias_lr_scale."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # A third group only when its lr differs, so checkpoints of two-group runs still resume.
+    scaled = set()
+    if cfg.bn_bias_lr_scale != 1.0:
+        scaled = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    groups = [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1 and id(p) not in scaled], "weight_decay": 0.0},
+    ]
+    if scaled:
+        bn_biases = [p for p in trainable if id(p) in scaled]
+        groups.append({"params": bn_biases, "weight_decay": 0.0, "lr": cfg.lr * cfg.bn_bias_lr_scale})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 
@@ -147,12 +164,19 @@ class EMA:
         self.counters = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BN num_batches_tracked
 
     @torch.no_grad()
-    def update(self) -> None:
-        """Move the average towards the tracked model's current state."""
+    def update(self, decay: float | None = None) -> None:
+        """Move the average towards the tracked model's current state (by 1 - decay)."""
+        decay = self.decay if decay is None else decay
         for e, m in self.floats:
-            e.lerp_(m, 1 - self.decay)
+            e.lerp_(m, 1 - decay)
         for e, m in self.counters:
             e.copy_(m)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Set the tracked model's state to the average: the lookahead step."""
+        for e, m in self.floats:
+            m.copy_(e)
 
 
 @dataclass
@@ -195,6 +219,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError("--epochs must be >= 1, --batch-size >= 2 and --lr > 0")
     if cfg.schedule not in ("linear", "cosine"):
         raise UserError(f"unknown --schedule '{cfg.schedule}'; use linear or cosine")
+    if cfg.ema and cfg.lookahead:
+        raise UserError("--ema and --lookahead both keep a weight average; choose one")
     parse_progressive(cfg.progressive, cfg.epochs)
 
 
@@ -209,6 +235,9 @@ class Trainer:
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
         (self.train_x, self.train_y), self.val = split_data(cfg)
         if hasattr(self.model, "fit_to_data") and not cfg.resume:  # data-dependent init (fast net's whitening)
             self.model.fit_to_data(model_input(self.train_x[:FIT_IMAGES], 32).to(self.device))
@@ -228,6 +257,9 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, cfg.schedule)
         )
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.lookahead = EMA(self.model, LOOKAHEAD_DECAY) if cfg.lookahead else None
+        first = LOOKAHEAD_START * self.steps_per_epoch + 1
+        self.lookahead_first = first + (-first) % LOOKAHEAD_EVERY  # first step of the lookahead: a multiple of EVERY
         self.history: list[dict] = []
         self.epoch = 0  # epochs completed
         self.net: nn.Module = self.model
@@ -248,6 +280,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
+            "lookahead": self.lookahead.model.state_dict() if self.lookahead else None,
             "rng": {"torch": torch.get_rng_state()},
             "history": self.history,
         }
@@ -282,6 +315,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema:
             self.ema.model.load_state_dict(state["ema"])
+        if self.lookahead:
+            self.lookahead.model.load_state_dict(state["lookahead"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.epoch, self.history = state["epoch"], state["history"]
 
@@ -336,9 +371,13 @@ class Trainer:
             self.scheduler.step()
             if self.ema:
                 self.ema.update()
+            if self.lookahead:
+                self.lookahead_step(epoch * self.steps_per_epoch + step + 1)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
+        if self.lookahead and (epoch + 1) * self.steps_per_epoch >= self.lookahead_first:
+            self.lookahead.write_back()  # the epoch ends on the average (evaluated, checkpointed)
         seconds = time.perf_counter() - start
         stats = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=self.device)])
         if self.dist.world > 1:
@@ -352,6 +391,16 @@ class Trainer:
             "seconds": seconds,
             "images_per_s": seen_total / seconds,
         }
+
+    def lookahead_step(self, step: int) -> None:
+        """At every LOOKAHEAD_EVERY-th step (counted from 1) from lookahead_first on: average, then restart from it."""
+        if step < self.lookahead_first or step % LOOKAHEAD_EVERY:
+            return
+        if step == self.lookahead_first:
+            self.lookahead.update(decay=0.0)  # start the average at the current weights
+        else:
+            self.lookahead.update(LOOKAHEAD_DECAY * (step / self.total_steps) ** 3)
+        self.lookahead.write_back()
 
     def eval_model(self) -> nn.Module:
         return self.ema.model if self.ema else self.model

@@ -254,7 +254,7 @@ class Trainer:
         self.train_y = self.train_y.to(self.device)
         n = len(self.train_y)
         # Alternating flips: every image is seen both ways within any two epochs, which random flips
-        # leave to chance (a quarter of the images would repeat one side); matters most for short runs.
+        # leave to chance (half of the images would show the same side twice); matters most for short runs.
         self.first_flip = torch.rand(n, generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
         self.steps_per_epoch = max(n // cfg.batch_size, 1)  # drop the ragged last batch (BatchNorm needs > 1 image)
         self.total_steps = self.steps_per_epoch * cfg.epochs

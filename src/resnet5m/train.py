@@ -139,6 +139,11 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return max(1.0 - progress, 0.0)
 
 
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of a model."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     """Nesterov SGD over the trainable tensors: weight decay on weights only (not on 1-d BatchNorm
     scales and biases), and BatchNorm biases at lr * bn_bias_lr_scale."""
@@ -146,7 +151,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     # A third group only when its lr differs, so checkpoints of two-group runs still resume.
     scaled = set()
     if cfg.bn_bias_lr_scale != 1.0:
-        scaled = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        scaled = {id(m.bias) for m in batchnorms(model)}
     groups = [
         {"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
         {"params": [p for p in trainable if p.ndim <= 1 and id(p) not in scaled], "weight_decay": 0.0},
@@ -243,9 +248,8 @@ class Trainer:
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = cfg.bn_momentum
+        for m in batchnorms(self.model):
+            m.momentum = cfg.bn_momentum
         (self.train_x, self.train_y), self.val = split_data(cfg)
         if hasattr(self.model, "fit_to_data") and not cfg.resume:  # data-dependent init (fast net's whitening)
             self.model.fit_to_data(model_input(self.train_x[:FIT_IMAGES], 32).to(self.device))

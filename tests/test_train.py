@@ -43,12 +43,20 @@ def test_no_validation_when_val_size_is_zero(cifar_dir, tmp_path):
     assert "val_acc" not in history[0]
 
 
+def tensors(part: dict) -> list[torch.Tensor]:
+    """The tensors of a checkpoint part: a state dict, or an optimizer's per-parameter state (momenta)."""
+    if "param_groups" in part:
+        return [t for state in part["state"].values() for t in state.values()]
+    return list(part.values())
+
+
 @pytest.mark.parametrize(
     "kw, averaged",
     [
         (dict(epochs=3, ema=True, cutout=8, progressive="16:1", seed=3), "ema"),
         # 8 steps an epoch: the lookahead starts at step 25 (epoch 4), so cutting after epoch 4 splits it.
         (dict(epochs=5, lookahead=True, alternate_flip=True, bn_momentum=0.4, seed=4), "lookahead"),
+        (dict(epochs=3, optimizer="muon", muon_lr=0.1, bn_bias_lr_scale=4, seed=5), "optimizer"),
     ],
 )
 def test_resume_is_bitwise_identical(cifar_dir, tmp_path, kw, averaged):
@@ -65,8 +73,8 @@ def test_resume_is_bitwise_identical(cifar_dir, tmp_path, kw, averaged):
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
     for part in ("model", averaged):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+        for i, (x, y) in enumerate(zip(tensors(a[part]), tensors(b[part]), strict=True)):
+            assert torch.equal(x, y), f"{part}: tensor {i} differs"
     assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
 
 

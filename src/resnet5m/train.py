@@ -29,6 +29,7 @@ from .data import DATA_DIR_HELP, load_split, model_input
 from .errors import UserError
 from .evaluate import evaluate
 from .model import build_model
+from .muon import Muon
 from .runtime import autocast, pick_device, prepare
 
 CHECKPOINT = "checkpoint.pt"
@@ -54,6 +55,9 @@ class TrainConfig:
     batch_size: int = _f(256, "global batch size (split across ranks under torchrun)")
     lr: float = _f(0.2, "peak learning rate")
     momentum: float = _f(0.9, "Nesterov momentum")
+    optimizer: str = _f("sgd", "sgd, or muon: conv filters take orthogonalized steps (--muon-lr), the rest SGD")
+    muon_lr: float = _f(0.24, "Muon learning rate of the conv filters (with --optimizer muon)")
+    muon_momentum: float = _f(0.6, "Muon Nesterov momentum of the conv filters (with --optimizer muon)")
     weight_decay: float = _f(5e-4, "weight decay (not applied to BatchNorm and biases)")
     bn_bias_lr_scale: float = _f(1.0, "learning-rate multiplier for BatchNorm shifts (biases)")
     label_smoothing: float = _f(0.1, "label smoothing")
@@ -144,22 +148,28 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Nesterov SGD over the trainable tensors: weight decay on weights only (not on 1-d BatchNorm
-    scales and biases), and BatchNorm biases at lr * bn_bias_lr_scale."""
+    scales and biases), and BatchNorm biases at lr * bn_bias_lr_scale. With --optimizer muon the conv
+    filters form a Muon group of their own (muon.py)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     # A third group only when its lr differs, so checkpoints of two-group runs still resume.
     scaled = set()
     if cfg.bn_bias_lr_scale != 1.0:
         scaled = {id(m.bias) for m in batchnorms(model)}
+    filters = [p for p in trainable if p.ndim == 4] if cfg.optimizer == "muon" else []
+    muon = {id(p) for p in filters}
     groups = [
-        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trainable if p.ndim > 1 and id(p) not in muon], "weight_decay": cfg.weight_decay},
         {"params": [p for p in trainable if p.ndim <= 1 and id(p) not in scaled], "weight_decay": 0.0},
     ]
     if scaled:
         bn_biases = [p for p in trainable if id(p) in scaled]
         groups.append({"params": bn_biases, "weight_decay": 0.0, "lr": cfg.lr * cfg.bn_bias_lr_scale})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if not filters:
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    groups.append({"params": filters, "orthogonal": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum})
+    return Muon(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 class EMA:
@@ -228,8 +238,10 @@ def split_data(cfg: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tup
 
 
 def check_config(cfg: TrainConfig) -> None:
-    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.lr <= 0:
-        raise UserError("--epochs must be >= 1, --batch-size >= 2 and --lr > 0")
+    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.lr <= 0 or cfg.muon_lr <= 0:
+        raise UserError("--epochs must be >= 1, --batch-size >= 2, --lr > 0 and --muon-lr > 0")
+    if cfg.optimizer not in ("sgd", "muon"):
+        raise UserError(f"unknown --optimizer '{cfg.optimizer}'; use sgd or muon")
     if cfg.schedule not in ("linear", "cosine"):
         raise UserError(f"unknown --schedule '{cfg.schedule}'; use linear or cosine")
     if cfg.ema and cfg.lookahead:

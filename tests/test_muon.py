@@ -11,12 +11,13 @@ from resnet5m.train import TrainConfig, Trainer, make_optimizer, train
 def test_orthogonalize_sets_every_singular_value_near_one(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     g[:, 0] *= 100  # one dominant direction: plain momentum would move almost only along it
-    s = torch.linalg.svdvals(orthogonalize(g))
-    assert orthogonalize(g).shape == shape
+    o = orthogonalize(g)
+    s = torch.linalg.svdvals(o)
+    assert o.shape == shape
     assert s.min() > 0.5 and s.max() < 1.3, s
-    # Same singular vectors as g: the result is U diag(s') V^T, so U^T x V is diagonal.
+    # Same singular vectors as g: the result is U diag(s') V^T, so U^T o V is diagonal.
     u, _, vh = torch.linalg.svd(g, full_matrices=False)
-    inner = u.T @ orthogonalize(g) @ vh.T
+    inner = u.T @ o @ vh.T
     assert torch.allclose(inner, torch.diag(torch.diagonal(inner)), atol=1e-4)
 
 

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,3 +110,19 @@ def test_configs_round_trip_through_dicts():
     for config in ARCHS.values():
         assert config_from_dict(config.to_dict()) == config
     assert config_from_dict({"blocks": [5, 4, 3], "widths": [64, 128, 256]}) == ARCHS["seed"]  # files without "kind"
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_fast_net_compiled_under_bf16_autocast_has_finite_gradients():
+    # `train --compile` on the fast net: Inductor's backward of a bf16 amax head returned NaN (pytorch#186799).
+    torch.manual_seed(0)
+    model = build_model("fast")
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    model.fit_to_data(x)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(torch.compile(model)(x).float(), y)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.stages[0].conv.weight.grad.abs().sum() > 0  # the gradient reaches the first stage

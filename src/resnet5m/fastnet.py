@@ -131,5 +131,7 @@ class FastNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, H, W) -> logits (B, num_classes); H, W >= 2 ** len(widths) + patch - 1.
         # The small logit scale keeps early high-learning-rate steps from saturating the softmax.
-        out = self.stages(F.gelu(self.whiten(x)))
-        return self.linear(out.amax(dim=(2, 3))) * self.config.logit_scale
+        # Global max-pool as max_pool2d, not amax: compiled amax backward under bf16/fp16 autocast gives NaN
+        # gradients (torch 2.14 Inductor; pytorch/pytorch#186799). Same forward; ties send their gradient to one input.
+        out = F.adaptive_max_pool2d(self.stages(F.gelu(self.whiten(x))), 1).flatten(1)  # (B, C)
+        return self.linear(out) * self.config.logit_scale

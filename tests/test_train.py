@@ -158,12 +158,31 @@ def test_alternate_flip_shows_every_image_both_ways_in_two_epochs(cifar_dir, tmp
     assert 0 < sum(a[i] == b[i] for i in a) < 800  # at random, some images repeat their side
 
 
+def test_whitening_bias_is_held_after_its_epochs(cifar_dir, tmp_path):
+    trainer = Trainer(config(cifar_dir, tmp_path, arch="fast", batch_size=50, subset=100, epochs=2, whiten_bias_epochs=1))
+    bias = trainer.model.whiten.bias
+    trainer.train_epoch(0, 32)
+    learned = bias.detach().clone()
+    assert learned.abs().sum() > 0  # moved from its zero init in epoch 1
+    trainer.train_epoch(1, 32)
+    assert torch.equal(bias, learned)
+    with pytest.raises(UserError, match="whiten-bias-epochs"):
+        Trainer(config(cifar_dir, tmp_path / "seed", whiten_bias_epochs=1))
+    with pytest.raises(UserError, match="lr-start"):
+        Trainer(config(cifar_dir, tmp_path / "end", lr_end=1.5))
+
+
 def test_lr_schedule_shape():
     assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
     assert lr_factor(9, 100, 10, "linear") == 1.0
     assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_factor(100, 100, 10, "linear") == 0.0
+    # Warmup from 20% of the peak, decay to 7% of it (airbench's triangle).
+    assert lr_factor(0, 100, 10, "linear", 0.2, 0.07) == pytest.approx(0.2 + 0.8 * 0.1)
+    assert lr_factor(55, 100, 10, "linear", 0.2, 0.07) == pytest.approx(0.07 + 0.93 * 0.5)
+    assert lr_factor(100, 100, 10, "linear", 0.2, 0.07) == pytest.approx(0.07)
+    assert lr_factor(100, 100, 10, "cosine", 0.2, 0.07) == pytest.approx(0.07)
 
 
 def test_progressive_spec():

@@ -62,7 +62,9 @@ class TrainConfig:
     bn_bias_lr_scale: float = _f(1.0, "learning-rate multiplier for BatchNorm shifts (biases)")
     label_smoothing: float = _f(0.1, "label smoothing")
     warmup_epochs: float = _f(1.0, "linear warmup length in epochs")
-    schedule: str = _f("linear", "decay after warmup: linear or cosine (to zero, stepped per batch)")
+    schedule: str = _f("linear", "decay after warmup: linear or cosine (stepped per batch)")
+    lr_start: float = _f(0.0, "learning rate of the first step, as a fraction of the peak (warmup rises from it)")
+    lr_end: float = _f(0.0, "learning rate of the last step, as a fraction of the peak (decay ends at it)")
     crop_pad: int = _f(4, "random-crop reflect padding in pixels (0: no crop)")
     flip: bool = _f(True, "random horizontal flips")
     alternate_flip: bool = _f(False, "flip each image on alternate epochs (a random half in the first), not at random")
@@ -72,6 +74,7 @@ class TrainConfig:
     ema_decay: float = _f(0.999, "EMA decay per step")
     lookahead: bool = _f(False, "every 5 steps after epoch 3, pull an average of the weights towards them and go on from it")
     bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (PyTorch's: the newest batch's weight)")
+    whiten_bias_epochs: int = _f(0, "fast net: learn the whitening layer's bias for the first N epochs only (0: always)")
     tta: bool = _f(True, "flip test-time augmentation at evaluation")
     tta_shift: int = _f(0, "also evaluate copies shifted diagonally by N pixels and average (0: off)")
     val_size: int = _f(5000, "hold out the last N training images for validation (0: train on all)")
@@ -94,8 +97,8 @@ PRESETS: dict[str, dict] = {
     # public airbench94 recipe for a network of this shape, translated to a mean-reduced loss.
     "fast": {
         "epochs": 10,
-        "batch_size": 1024,
-        "lr": 1.5,
+        "batch_size": 512,
+        "lr": 0.75,
         "momentum": 0.85,
         "weight_decay": 1.33e-3,
         "bn_bias_lr_scale": 64.0,
@@ -133,14 +136,15 @@ def parse_progressive(spec: str, epochs: int) -> list[int]:
     return (sizes + [32] * epochs)[:epochs]
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at a step: linear warmup, then linear or cosine decay to 0."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str, start: float = 0.0, end: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at a step: linear warmup from `start`, then linear or cosine
+    decay to `end` (both fractions of the peak; 0 and 0 warm up from and decay to zero)."""
     if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
+        return start + (1 - start) * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return max(1.0 - progress, 0.0)
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
+    return end + (1 - end) * (1.0 - progress)
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -246,6 +250,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"unknown --schedule '{cfg.schedule}'; use linear or cosine")
     if cfg.ema and cfg.lookahead:
         raise UserError("--ema and --lookahead both keep a weight average; choose one")
+    if not (0 <= cfg.lr_start <= 1 and 0 <= cfg.lr_end <= 1):
+        raise UserError("--lr-start and --lr-end are fractions of the peak learning rate: give values in 0..1")
+    if cfg.whiten_bias_epochs < 0 or (cfg.whiten_bias_epochs and cfg.arch != "fast"):
+        raise UserError("--whiten-bias-epochs is for --arch fast (its whitening layer) and must be >= 0")
     parse_progressive(cfg.progressive, cfg.epochs)
 
 
@@ -278,7 +286,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, cfg.schedule)
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, cfg.schedule, cfg.lr_start, cfg.lr_end)
         )
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.lookahead = EMA(self.model, LOOKAHEAD_DECAY) if cfg.lookahead else None
@@ -367,6 +375,8 @@ class Trainer:
     def train_epoch(self, epoch: int, size: int) -> dict:
         cfg = self.cfg
         self.net.train()
+        # airbench94's choice: the whitening layer's shift is learned early on, then held.
+        frozen = self.model.whiten.bias if cfg.whiten_bias_epochs and epoch >= cfg.whiten_bias_epochs else None
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
@@ -391,6 +401,8 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if frozen is not None:
+                frozen.grad = None  # the optimizers skip a parameter without a gradient (DDP-safe, unlike requires_grad)
             self.optimizer.step()
             self.scheduler.step()
             if self.ema:

@@ -143,9 +143,8 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, start: float = 
     if step < warmup:
         return start + (1 - start) * (step + 1) / warmup
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    if schedule == "cosine":
-        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
-    return end + (1 - end) * (1.0 - progress)
+    remaining = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress  # 1 -> 0
+    return end + (1 - end) * remaining
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

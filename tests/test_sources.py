@@ -314,8 +314,10 @@ def test_run_dir(tmp_path: Path) -> None:
 
 
 def test_notebook_train_config(tmp_path: Path) -> None:
-    recipe = {"arch": "seed", "epochs": 26, "progressive": "16:10,24:6", "lr": 0.3, "out": "elsewhere", "unknown": 1}
+    recipe = {"arch": "seed", "epochs": 26, "progressive": "16:10,24:6", "lr": 0.3, "out": "elsewhere", "unknown": 1,
+              "precision": "fp16"}  # fmt: skip
     cfg = sources.notebook_train_config(recipe, tmp_path / "run", "/data")
+    assert cfg.precision == "auto"  # the runtime's card decides, not the card the recipe was trained on
     assert (cfg.arch, cfg.epochs, cfg.progressive, cfg.lr) == ("seed", 26, "16:10,24:6", 0.3)
     assert cfg.out == str(tmp_path / "run") and cfg.data_dir == "/data" and not cfg.resume and not cfg.test
     (tmp_path / "run").mkdir()

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import torch
 
 from .checkpoint import sha256_of
 from .data import ENV_VAR as DATA_ENV
@@ -331,16 +330,6 @@ def run_dir(drive_dir: str | os.PathLike | None, arch: str = "seed", local_root:
     return root / f"notebook-{arch}"
 
 
-def _gpu_lacks_bf16() -> bool:
-    """True on a CUDA GPU without native bf16 (e.g. Colab's T4), where bf16 autocast is emulated and slow."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        return not torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch versions without the argument
-        return not torch.cuda.is_bf16_supported()
-
-
 def notebook_train_config(
     recipe: dict | None, out: str | os.PathLike, data_dir: str | os.PathLike | None, smoke: bool = False
 ) -> TrainConfig:
@@ -354,8 +343,7 @@ def notebook_train_config(
     kwargs = {k: v for k, v in (recipe or {}).items() if k in known}
     if smoke:
         kwargs.update(arch="tiny", epochs=1, subset=256, val_size=256, batch_size=64, progressive="", tta=False)
-    if _gpu_lacks_bf16():
-        kwargs["precision"] = "fp32"
+    kwargs["precision"] = "auto"  # the card decides (runtime.resolve_precision): a recipe from one GPU type runs on another
     out = Path(out)
     kwargs.update(
         out=str(out),

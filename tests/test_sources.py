@@ -325,3 +325,50 @@ def test_notebook_train_config(tmp_path: Path) -> None:
     assert sources.notebook_train_config(None, tmp_path / "run", None).resume  # a disconnected runtime resumes
     smoke = sources.notebook_train_config(recipe, tmp_path / "smoke", None, smoke=True)
     assert (smoke.arch, smoke.epochs, smoke.subset, smoke.progressive) == ("tiny", 1, 256, "")
+
+
+def test_drive_mountpoint_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(sources.DRIVE_MOUNT_ENV, raising=False)
+    assert sources.drive_mountpoint() == "/content/drive"
+    monkeypatch.setenv(sources.DRIVE_MOUNT_ENV, str(tmp_path / "drive"))
+    mounted: list[str] = []
+    fake_colab(monkeypatch, mounted.append)
+    assert sources.mount_drive(colab=True) == tmp_path / "drive" / sources.DRIVE_FOLDER
+    assert mounted == [str(tmp_path / "drive")]
+
+
+def test_mount_drive_already_mounted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The setup cell mounted Drive already: no second mount call, so no second authorization pop-up.
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    mounted: list[str] = []
+    fake_colab(monkeypatch, mounted.append)
+    assert sources.mount_drive(mountpoint=str(tmp_path / "drive"), colab=True) == tmp_path / "drive" / sources.DRIVE_FOLDER
+    assert mounted == []
+
+
+def test_notebook_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    recipe = {"arch": "seed", "epochs": 26}
+    local = sources.notebook_run_config(recipe, None, "/data")
+    assert (local.out, local.epochs) == (str(Path("runs") / "notebook-seed"), 26)
+    smoke = sources.notebook_run_config(recipe, None, "/data", smoke=True)
+    assert Path(smoke.out).name.startswith("resnet5m-smoke-") and smoke.epochs == 1 and not smoke.resume
+    drive = tmp_path / "drive"
+    on_drive = sources.notebook_run_config(recipe, drive, "/data", smoke=True)
+    assert on_drive.out == str(drive / "runs" / "notebook-tiny") and on_drive.arch == "tiny"
+    assert on_drive.epochs == sources.SMOKE_DRIVE_EPOCHS == 2 and not on_drive.resume
+    assert sources.notebook_run_config(recipe, drive, "/data").out == str(drive / "runs" / "notebook-seed")
+
+
+def test_run_note_says_where_it_resumes(tmp_path: Path) -> None:
+    import torch
+
+    cfg = sources.notebook_run_config(None, tmp_path, None, smoke=True)
+    assert sources.run_note(cfg) == f"training arch tiny for 2 epochs in {cfg.out}"
+    assert sources.checkpoint_epoch(cfg.out) is None
+    Path(cfg.out).mkdir(parents=True)
+    torch.save({"epoch": 1}, Path(cfg.out) / "checkpoint.pt")
+    resumed = sources.notebook_run_config(None, tmp_path, None, smoke=True)
+    assert resumed.resume and sources.run_note(resumed).endswith("(resuming after epoch 1 from checkpoint.pt)")
+    (Path(cfg.out) / "checkpoint.pt").write_bytes(b"half-synced")
+    assert sources.run_note(resumed).endswith("(resuming from checkpoint.pt)")  # training reports what is wrong

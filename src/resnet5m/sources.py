@@ -14,9 +14,10 @@ import shutil
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+import torch
 
 from .checkpoint import sha256_of
 from .data import ENV_VAR as DATA_ENV
@@ -35,8 +36,11 @@ WEIGHTS_NAME = "resnet5m_seed.pt"
 WEIGHTS_ENV = "RESNET5M_WEIGHTS"  # a weights file to use before any other source (local runs, tests)
 
 DRIVE_MOUNT = "/content/drive"
+DRIVE_MOUNT_ENV = "RESNET5M_DRIVE_MOUNT"  # another mount point; CI points it at a temp folder
 DRIVE_FOLDER = "MyDrive/resnet5m"
 COLAB_DATA = "/content/data"
+# A smoke run on Drive trains this many epochs, so that a run cut off after the first has one left to resume.
+SMOKE_DRIVE_EPOCHS = 2
 CACHE_DIR = Path.home() / ".cache" / "resnet5m"
 QUOTA_TEXT = "Too many users have viewed or downloaded this file recently"
 # Exception class names (anywhere in the MRO) that mean "no network", from urllib, socket and requests.
@@ -52,18 +56,26 @@ def in_colab() -> bool:
         return False
 
 
-def mount_drive(folder: str = DRIVE_FOLDER, mountpoint: str = DRIVE_MOUNT, colab: bool | None = None) -> Path | None:
+def drive_mountpoint() -> str:
+    """Where Google Drive is mounted: $RESNET5M_DRIVE_MOUNT, else /content/drive."""
+    return os.environ.get(DRIVE_MOUNT_ENV) or DRIVE_MOUNT
+
+
+def mount_drive(folder: str = DRIVE_FOLDER, mountpoint: str | None = None, colab: bool | None = None) -> Path | None:
     """In Colab, mount Google Drive (browser pop-up authorization) and return mountpoint/folder, created if needed.
 
-    Outside Colab, or when mounting fails, print one line and return None.
+    mountpoint defaults to drive_mountpoint(). A Drive already mounted there (by the notebook's setup cell)
+    is used without mounting again. Outside Colab, or when mounting fails, print one line and return None.
     """
     if not (in_colab() if colab is None else colab):
         print("Google Drive: skipped (not running in Colab); weights and checkpoints stay on this machine")
         return None
+    mountpoint = mountpoint or drive_mountpoint()
     try:
-        from google.colab import drive
+        if not (Path(mountpoint) / "MyDrive").is_dir():
+            from google.colab import drive
 
-        drive.mount(mountpoint)
+            drive.mount(mountpoint)
         path = Path(mountpoint) / folder
         path.mkdir(parents=True, exist_ok=True)
     except Exception as e:  # a refused pop-up, a timeout or a Drive hiccup must not stop the notebook
@@ -360,3 +372,37 @@ def notebook_train_config(
 def run_weights_path(cfg: TrainConfig) -> Path:
     """The final weights file that `train(cfg)` writes into its run folder."""
     return Path(cfg.out) / f"resnet5m_{cfg.arch}.pt"
+
+
+def notebook_run_config(
+    recipe: dict | None, drive_dir: str | os.PathLike | None, data_dir: str | os.PathLike | None, smoke: bool = False
+) -> TrainConfig:
+    """The notebook's training run: notebook_train_config in run_dir(drive_dir), resumed when a checkpoint is there.
+
+    smoke without Drive trains in a fresh temp folder; smoke on Drive (Colab) trains SMOKE_DRIVE_EPOCHS
+    epochs in the Drive run folder, so that running the notebook again after a disconnect resumes it.
+    """
+    if smoke and drive_dir is None:
+        out = Path(tempfile.mkdtemp(prefix="resnet5m-smoke-"))
+    else:
+        out = run_dir(drive_dir, "tiny" if smoke else (recipe or {}).get("arch", "seed"))
+    cfg = notebook_train_config(recipe, out, data_dir, smoke=smoke)
+    return replace(cfg, epochs=SMOKE_DRIVE_EPOCHS) if smoke and drive_dir is not None else cfg
+
+
+def checkpoint_epoch(out: str | os.PathLike) -> int | None:
+    """Epochs completed by the checkpoint in run folder `out`, or None when there is none (or it is unreadable)."""
+    try:
+        state = torch.load(Path(out) / CHECKPOINT, map_location="cpu", weights_only=True)
+        return int(state["epoch"])
+    except Exception:  # missing, half-synced or foreign: training itself reports the details
+        return None
+
+
+def run_note(cfg: TrainConfig) -> str:
+    """One line for the training cell: what trains where, and from which epoch it resumes."""
+    note = f"training arch {cfg.arch} for {cfg.epochs} epochs in {cfg.out}"
+    if cfg.resume:
+        done = checkpoint_epoch(cfg.out)
+        note += f" (resuming after epoch {done} from {CHECKPOINT})" if done is not None else f" (resuming from {CHECKPOINT})"
+    return note

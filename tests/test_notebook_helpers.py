@@ -55,12 +55,16 @@ def test_checked_cell_output_is_current(cells: list[dict], capsys: pytest.Captur
 
 
 def test_addresses_match_the_package(cells: list[dict]) -> None:
-    # sources.py holds the repository address; the badge and the install cell must repeat it exactly.
+    # sources.py holds the repository address; the badge and the setup cell's form field must repeat it exactly.
     assert f"]({sources.COLAB_URL})" in cells[0]["text"]
     assert "colab-badge.svg" in cells[0]["text"]
-    install = next(c["text"] for c in code(cells) if "pip" in c["text"])
-    assert re.search(r'REPO_URL = "([^"]+)"', install).group(1) == sources.REPO_URL
-    assert 'f"git+{REPO_URL}"' in install
+    setup = next(c["text"] for c in code(cells) if "#@param" in c["text"])
+    field = re.search(r'^REPO_URL = "([^"]+)"  #@param \{type:"string"\}$', setup, re.MULTILINE)
+    assert field and field.group(1) == sources.REPO_URL
+    assert 'f"git+{REPO_URL}"' in setup
+    # The setup cell mounts Drive before the package imports, so it repeats the mount point's variable and default.
+    assert f'os.environ.get("{sources.DRIVE_MOUNT_ENV}") or "{sources.DRIVE_MOUNT}"' in setup
+    assert "mount_drive(mountpoint=DRIVE_MOUNT)" in "".join(c["text"] for c in code(cells))
 
 
 def test_setup_rules(cells: list[dict]) -> None:

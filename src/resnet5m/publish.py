@@ -41,7 +41,7 @@ def publish(
     loaded = load_weights(weights)
     images, labels = load_split("test", data_dir, download_missing=download)
     dev = pick_device(device)
-    precision = loaded.meta.get("recipe", {}).get("precision", "auto")
+    precision = "auto"  # as `resnet5m evaluate` runs by default; the recipe's precision is that of its training card
     model = prepare(loaded.model, dev)
     shift = recipe_views(loaded.meta)[1] if tta else 0  # the shifted views the recipe validated with
     res = evaluate(model, images, labels, device=dev, tta=tta, tta_shift=shift, precision=precision, progress=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .data import DATA_DIR_HELP
 from .errors import UserError
+from .runtime import PRECISIONS
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repository's weights/ in a source checkout
 
@@ -49,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from .data import load_split
     from .evaluate import evaluate, recipe_views
     from .formats import load_any
-    from .runtime import pick_device, prepare
+    from .runtime import pick_device, prepare, resolve_precision
 
     device = pick_device(args.device)
     weights = Path(args.weights) if args.weights else default_weights(args.arch or "seed")
@@ -62,9 +63,12 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     model = prepare(loaded.model, device)
+    # --no-tta means one view: the recipe's shifted views only come with TTA on (an explicit --tta-shift still counts).
+    shift = args.tta_shift if args.tta_shift is not None else recipe_views(loaded.meta)[1] if args.tta else 0
+    precision = "fp32" if loaded.precision == "fp32" else args.precision  # graph and int8 models run as stored
     result = evaluate(
-        model, images, labels, device=device, batch_size=args.batch_size, tta=args.tta, precision=loaded.precision,
-        tta_shift=recipe_views(loaded.meta)[1] if args.tta_shift is None else args.tta_shift, progress=not args.json,
+        model, images, labels, device=device, batch_size=args.batch_size, tta=args.tta, tta_shift=shift,
+        precision=precision, progress=not args.json,
     )  # fmt: skip
     out = {
         "arch": loaded.arch,
@@ -73,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         "weights_sha256": loaded.sha256,
         "split": args.split,
         "device": str(device),
+        "precision": resolve_precision(device, precision),
     }
     out.update(result.to_dict())
     if not args.json:
@@ -82,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
             f"{result.views}; loss {result.loss:.4f}"
         )
         print("per class  " + "  ".join(f"{name} {100 * acc:.1f}" for name, acc in result.per_class.items()))
-        print(f"speed     {result.images_per_s:.0f} images/s on {device}")
+        print(f"speed     {result.images_per_s:.0f} images/s on {device} ({out['precision']})")
     return out
 
 
@@ -118,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 on CPU and bf16-capable GPUs, fp16 on older GPUs (T4), fp32 on MPS (default: auto)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 

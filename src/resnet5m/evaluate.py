@@ -36,8 +36,7 @@ class EvalResult:
     @property
     def views(self) -> str:
         """How the test-time views were averaged, for printing: '', ' with flip TTA', ..."""
-        parts = (["flip"] if self.tta else []) + ([f"{self.tta_shift}-px shift"] if self.tta_shift else [])
-        return f" with {' + '.join(parts)} TTA" if parts else ""
+        return views_text(self.tta, self.tta_shift)
 
     @property
     def stderr(self) -> float:
@@ -57,6 +56,12 @@ class EvalResult:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
         }
+
+
+def views_text(tta: bool, shift: int) -> str:
+    """'', ' with flip TTA', ' with flip + 1-px shift TTA', ...: the averaged test-time views, for printing."""
+    parts = (["flip"] if tta else []) + ([f"{shift}-px shift"] if shift else [])
+    return f" with {' + '.join(parts)} TTA" if parts else ""
 
 
 def recipe_views(meta: dict) -> tuple[bool, int]:

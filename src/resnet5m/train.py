@@ -12,8 +12,10 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,10 +29,10 @@ from . import augment
 from .checkpoint import atomic_save, save_weights, staged
 from .data import DATA_DIR_HELP, load_split, model_input
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import evaluate, views_text
 from .model import build_model
 from .muon import Muon
-from .runtime import autocast, pick_device, prepare
+from .runtime import autocast, grad_scaler, pick_device, prepare, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
@@ -71,7 +73,7 @@ class TrainConfig:
     cutout: int = _f(0, "cutout square size in pixels (0: off)")
     progressive: str = _f("", "early epochs at lower resolution, e.g. '16:4,24:4' (4 epochs at 16 px, 4 at 24, rest 32)")
     ema: bool = _f(False, "evaluate an exponential moving average of the weights")
-    ema_decay: float = _f(0.999, "EMA decay per step")
+    ema_decay: float = _f(0.999, "EMA decay per step (warmed up: step t uses min(decay, (1+t)/(10+t)))")
     lookahead: bool = _f(False, "every 5 steps after epoch 3, pull an average of the weights towards them and go on from it")
     bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (PyTorch's: the newest batch's weight)")
     whiten_bias_epochs: int = _f(0, "fast net: learn the whitening layer's bias for the first N epochs only (0: always)")
@@ -82,7 +84,10 @@ class TrainConfig:
     test: bool = _f(False, "evaluate on the test split once, at the end")
     seed: int = _f(0, "random seed")
     device: str = _f("auto", "auto, cpu, cuda or mps")
-    precision: str = _f("auto", "auto (bf16 autocast on CPU/CUDA) or fp32")
+    precision: str = _f(
+        "auto", "auto (bf16 on CPU and bf16 GPUs, fp16 + loss scaling on older GPUs, fp32 on MPS), bf16, fp16 or fp32"
+    )
+    sync_bn: bool = _f(False, "multi-GPU runs: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
     compile: bool = _f(False, "torch.compile the model (worth it on GPU for long runs)")
     out: str = _f("runs/default", "run folder for checkpoints, history and final weights")
     resume: bool = _f(False, "continue from the run folder's last checkpoint")
@@ -119,8 +124,9 @@ def recipe(arch: str = "seed", **overrides) -> TrainConfig:
     return TrainConfig(**{"arch": arch, **PRESETS.get(arch, {}), **overrides})
 
 
-# Fields that may differ when a run is resumed (where and how it runs, not what it computes).
-RUNTIME_FIELDS = {"device", "out", "resume", "data_dir", "download", "quiet", "compile", "test"}
+# Fields that may differ when a run is resumed (where and how it runs, not what it computes). Precision is one:
+# a Drive run started on an A100 (bf16) must go on on a T4 (fp16); bitwise resume then no longer holds.
+RUNTIME_FIELDS = {"device", "out", "resume", "data_dir", "download", "quiet", "compile", "test", "precision"}
 
 
 def parse_progressive(spec: str, epochs: int) -> list[int]:
@@ -138,11 +144,11 @@ def parse_progressive(spec: str, epochs: int) -> list[int]:
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, start: float = 0.0, end: float = 0.0) -> float:
-    """Multiplier of the peak learning rate at a step: linear warmup from `start`, then linear or cosine
-    decay to `end` (both fractions of the peak; 0 and 0 warm up from and decay to zero)."""
+    """Multiplier of the peak learning rate at step 0..total-1: linear warmup from exactly `start` at step 0
+    to the peak at step `warmup`, then linear or cosine decay to exactly `end` at the last step (total - 1)."""
     if step < warmup:
-        return start + (1 - start) * (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return start + (1 - start) * step / warmup
+    progress = min((step - warmup) / max(total - 1 - warmup, 1), 1.0)
     remaining = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress  # 1 -> 0
     return end + (1 - end) * remaining
 
@@ -174,6 +180,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     groups.append({"params": filters, "orthogonal": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum})
     return Muon(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def ema_warmup(decay: float, step: int) -> float:
+    """The EMA decay at optimizer step `step` (0-based): min(decay, (1+t)/(10+t)).
+
+    Without the warm-up the average starts as the random init and keeps decay**steps of it: 42% after the
+    fast preset's 870 steps at 0.999. With it, early averages span only the steps taken so far.
+    """
+    return min(decay, (1 + step) / (10 + step))
 
 
 class EMA:
@@ -228,6 +243,23 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
+def sync_from_rank0(module: nn.Module) -> None:
+    """Make every rank's copy of a module rank 0's: weights and buffers (BN statistics drift apart per rank)."""
+    for tensor in module.state_dict().values():
+        dist.broadcast(tensor, 0)
+
+
+def shard_totals(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, d: Dist, **kwargs) -> tuple[float, float, int]:
+    """(loss, accuracy, n) over all ranks, each rank evaluating its own 1/world of the images."""
+    res = evaluate(model, images[d.rank :: d.world], labels[d.rank :: d.world], **kwargs)
+    correct = round(res.accuracy * res.n) if res.n else 0
+    totals = torch.tensor([res.loss * res.n, correct, res.n], device=kwargs.get("device", "cpu"), dtype=torch.float64)
+    if d.world > 1:
+        dist.all_reduce(totals)
+    loss_sum, correct, n = totals.tolist()
+    return loss_sum / max(n, 1), correct / max(n, 1), int(n)
+
+
 def split_data(cfg: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
     """(train images, labels) and the held-out (val images, labels), or None when val_size is 0."""
     images, labels = load_split("train", cfg.data_dir, download_missing=cfg.download)
@@ -264,7 +296,15 @@ class Trainer:
         check_config(cfg)
         self.cfg = cfg
         self.device = pick_device(cfg.device)
+        self.precision = resolve_precision(self.device, cfg.precision)  # what auto means on this device
         self.dist = init_distributed(self.device)
+        if cfg.batch_size % self.dist.world:  # DDP averages rank gradients with equal weight: shards must be equal
+            world = self.dist.world
+            raise UserError(f"--batch-size {cfg.batch_size} does not divide by the {world} ranks; give a multiple of {world}")
+        if cfg.sync_bn and self.dist.world > 1 and self.device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel); drop it for CPU runs")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes within an epoch: let cuDNN pick its fastest kernels
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
@@ -288,6 +328,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, cfg.schedule, cfg.lr_start, cfg.lr_end)
         )
+        self.scaler = grad_scaler(self.device, self.precision)  # fp16 only: scaled losses keep small gradients
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.lookahead = EMA(self.model, LOOKAHEAD_DECAY) if cfg.lookahead else None
         first = LOOKAHEAD_START * self.steps_per_epoch + 1
@@ -297,7 +338,9 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # SyncBatchNorm swaps the BN modules of self.model in place; it shares their parameters and buffers.
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(self.model) if cfg.sync_bn else self.model
+            self.net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
         if cfg.compile:
             self.net = torch.compile(self.net)
 
@@ -313,9 +356,17 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
             "lookahead": self.lookahead.model.state_dict() if self.lookahead else None,
-            "rng": {"torch": torch.get_rng_state()},
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": self.rng_state(),
             "history": self.history,
         }
+
+    def rng_state(self) -> dict:
+        # Augmentations draw from CPU generators; the CUDA state is kept too, for anything drawn on the card.
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def save_checkpoint(self) -> None:
         if self.dist.main:
@@ -337,6 +388,7 @@ class Trainer:
         saved = {f.name: state["config"].get(f.name, f.default) for f in fields(TrainConfig)}
         wanted = asdict(self.cfg)
         changed = [k for k in wanted if k not in RUNTIME_FIELDS and saved[k] != wanted[k]]
+        before = state["history"][-1].get("precision") if state["history"] else None
         if changed:
             raise UserError(
                 f"cannot resume {path}: the recipe differs in {', '.join(changed)} "
@@ -349,8 +401,15 @@ class Trainer:
             self.ema.model.load_state_dict(state["ema"])
         if self.lookahead:
             self.lookahead.model.load_state_dict(state["lookahead"])
+        if self.scaler and state.get("scaler"):  # a run resumed in fp16 after bf16 starts a fresh scaler
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.epoch, self.history = state["epoch"], state["history"]
+        if before and before != self.precision and self.dist.main:
+            print(f"resuming in {self.precision} a run trained in {before} so far: it goes on, but not bitwise as it "
+                  "would have (each epoch's precision is in its history)", flush=True)  # fmt: skip
 
     # --- one epoch -----------------------------------------------------------------------------
     def batches(self, epoch: int):
@@ -391,7 +450,7 @@ class Trainer:
         )
         for step, (xb, yb) in enumerate(bar):
             x = model_input(xb, size)
-            with autocast(self.device, cfg.precision):
+            with autocast(self.device, self.precision):
                 logits = self.net(x)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
@@ -400,26 +459,34 @@ class Trainer:
                     "lower --lr or check the data"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
             if frozen is not None:
                 frozen.grad = None  # the optimizers skip a parameter without a gradient (DDP-safe, unlike requires_grad)
-            self.optimizer.step()
-            self.scheduler.step()
+            if self.scaler:  # skips the step when fp16 gradients overflowed, and lowers the scale
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order; the order is right
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
+                self.scheduler.step()
+            done = epoch * self.steps_per_epoch + step  # optimizer steps before this one
             if self.ema:
-                self.ema.update()
+                self.ema.update(ema_warmup(cfg.ema_decay, done))
             if self.lookahead:
-                self.lookahead_step(epoch * self.steps_per_epoch + step + 1)
+                self.lookahead_step(done + 1)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-        if self.lookahead and (epoch + 1) * self.steps_per_epoch >= self.lookahead_first:
-            self.lookahead.write_back()  # the epoch ends on the average (evaluated, checkpointed)
+        if self.lookahead:
+            self.lookahead_epoch_end(epoch)
         seconds = time.perf_counter() - start
         stats = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=self.device)])
         if self.dist.world > 1:
             dist.all_reduce(stats)
-            for buf in self.model.buffers():  # BN statistics: rank 0's, so every rank saves the same state
-                dist.broadcast(buf, 0)
+            for module in (self.model, self.ema and self.ema.model, self.lookahead and self.lookahead.model):
+                if module is not None:  # BN statistics (and their averages): rank 0's, so all ranks validate and save the same
+                    sync_from_rank0(module)
         loss_total, correct_total, seen_total = stats.tolist()
         return {
             "train_loss": loss_total / seen_total,
@@ -438,6 +505,11 @@ class Trainer:
             self.lookahead.update(LOOKAHEAD_DECAY * (step / self.total_steps) ** 3)
         self.lookahead.write_back()
 
+    def lookahead_epoch_end(self, epoch: int) -> None:
+        """Once the lookahead has started, end the epoch on the average (validated and checkpointed as such)."""
+        if (epoch + 1) * self.steps_per_epoch >= self.lookahead_first:
+            self.lookahead.write_back()
+
     def eval_model(self) -> nn.Module:
         return self.ema.model if self.ema else self.model
 
@@ -447,6 +519,10 @@ class Trainer:
             self.load_checkpoint()
         elif (self.out / CHECKPOINT).exists():
             raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if self.dist.main:
+            world = f" x {self.dist.world} ranks" if self.dist.world > 1 else ""
+            print(f"training {cfg.arch} on {self.device}{world}, precision {self.precision}"
+                  f"{' (auto)' if cfg.precision == 'auto' else ''}", flush=True)  # fmt: skip
         try:
             while self.epoch < cfg.epochs:
                 self.history.append(self.one_epoch())
@@ -464,14 +540,15 @@ class Trainer:
 
     def one_epoch(self) -> dict:
         epoch, size = self.epoch, self.sizes[self.epoch]
-        row = {"epoch": epoch + 1, "size": size, "lr": self.optimizer.param_groups[0]["lr"]}  # lr at the epoch's start
+        row = {"epoch": epoch + 1, "size": size, "lr": self.optimizer.param_groups[0]["lr"], "precision": self.precision}
         row.update(self.train_epoch(epoch, size))
         if self.val is not None:
             # Validated at the epoch's training size: a net trained at 16 px scores far lower at 32 px until
             # its full-size epochs (BN statistics and object scale), which would hide its progress.
-            res = evaluate(self.eval_model(), *self.val, device=self.device, tta=self.cfg.tta,
-                           tta_shift=self.cfg.tta_shift, precision=self.cfg.precision, progress=False, size=size)  # fmt: skip
-            row.update(val_loss=res.loss, val_acc=res.accuracy)
+            cfg = self.cfg
+            loss, acc, _ = shard_totals(self.eval_model(), *self.val, self.dist, device=self.device, tta=cfg.tta,
+                                        tta_shift=cfg.tta_shift, precision=self.precision, progress=False, size=size)  # fmt: skip
+            row.update(val_loss=loss, val_acc=acc)
         if self.dist.main:
             val = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
             print(
@@ -492,19 +569,11 @@ def train(cfg: TrainConfig) -> list[dict]:
         metrics.update(val_acc=history[-1]["val_acc"], val_n=cfg.val_size)
     if cfg.test:
         images, labels = load_split("test", cfg.data_dir, download_missing=cfg.download)
-        res = evaluate(
-            trainer.eval_model(),
-            images,
-            labels,
-            device=trainer.device,
-            tta=cfg.tta,
-            tta_shift=cfg.tta_shift,
-            precision=cfg.precision,
-            progress=not cfg.quiet,
-        )
-        metrics.update(test_acc=res.accuracy, test_n=res.n, test_loss=res.loss)
+        loss, acc, n = shard_totals(trainer.eval_model(), images, labels, trainer.dist, device=trainer.device, tta=cfg.tta,
+                                    tta_shift=cfg.tta_shift, precision=trainer.precision, progress=not cfg.quiet)  # fmt: skip
+        metrics.update(test_acc=acc, test_n=n, test_loss=loss)
         if trainer.dist.main:
-            print(f"test accuracy {100 * res.accuracy:.2f}% on {res.n:,} images{res.views}", flush=True)
+            print(f"test accuracy {100 * acc:.2f}% on {n:,} images{views_text(cfg.tta, cfg.tta_shift)}", flush=True)
     if trainer.dist.main:
         path = trainer.out / f"resnet5m_{cfg.arch}.pt"
         extra = {
@@ -517,7 +586,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             trainer.eval_model(),
             cfg.arch,
             metrics=metrics,
-            recipe=asdict(cfg),
+            recipe={**asdict(cfg), "precision": trainer.precision},  # the precision used, not "auto"
             history=history,
             extra=extra,
             overwrite=True,

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from resnet5m import augment
@@ -20,8 +21,19 @@ def test_flip_and_cutout():
     params = {"dy": torch.tensor([0]), "dx": torch.tensor([0]), "flip": torch.tensor([True]),
               "cy": torch.tensor([10]), "cx": torch.tensor([20])}  # fmt: skip
     out = augment.apply(padded, params, cutout=4)
-    assert (out[0, :, 8:13, 18:23] == 0).all()  # a (cutout+1)-wide hole around the centre
+    assert (out[0, :, 8:12, 18:22] == 0).all()  # rows 10-2 .. 10+1, columns 20-2 .. 20+1
     assert torch.equal(out[0, :, 0], images[0, :, 0].flip(-1))
+
+
+@pytest.mark.parametrize("size", [1, 4, 7, 8])
+def test_cutout_cuts_exactly_size_by_size(size):
+    images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    params = {"dy": torch.tensor([0]), "dx": torch.tensor([0]), "flip": torch.tensor([False]),
+              "cy": torch.tensor([16]), "cx": torch.tensor([16])}  # fmt: skip
+    hole = augment.apply(images, params, cutout=size)[0, 0] == 0
+    assert hole.sum() == size * size
+    rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+    assert len(rows) == len(cols) == size and rows[0] == cols[0] == 16 - size // 2
 
 
 def test_draws_are_reproducible():

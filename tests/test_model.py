@@ -104,6 +104,31 @@ def test_whitening_decorrelates_patches():
     assert torch.allclose(cov, torch.eye(12), atol=0.05)
 
 
+class NoFloat64(torch.Tensor):
+    """Stands in for an Apple MPS tensor: it cannot become float64 unless it moves to the CPU first."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        wants_f64 = func is torch.Tensor.double or (
+            func is torch.Tensor.to and (torch.float64 in args[1:] or kwargs.get("dtype") is torch.float64)
+        )
+        to_cpu = func is torch.Tensor.to and any(str(a) == "cpu" for a in (*args[1:], kwargs.get("device")))
+        if wants_f64 and not to_cpu:
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_whitening_fits_on_the_cpu_in_float64_from_any_device():
+    from resnet5m.fastnet import Whiten
+
+    images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain, mps_like = Whiten(2), Whiten(2)
+    plain.fit(images)
+    mps_like.fit(images.as_subclass(NoFloat64))  # the fit computed in float64 on MPS before the fix
+    assert torch.equal(plain.weight, mps_like.weight) and plain.weight.dtype == torch.float32
+
+
 def test_configs_round_trip_through_dicts():
     from resnet5m.model import ARCHS, config_from_dict
 

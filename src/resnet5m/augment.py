@@ -46,6 +46,8 @@ def apply(padded: torch.Tensor, params: dict[str, torch.Tensor], cutout: int = 0
         cx = params["cx"].to(device)[:, None, None]
         ys = base[None, :, None]
         xs = base[None, None, :]
-        hole = ((ys - cy).abs() <= cutout // 2) & ((xs - cx).abs() <= cutout // 2)  # (B, size, size)
+        # A cutout x cutout square from centre - cutout//2: rows cy-c//2 .. cy-c//2+c-1 (exactly c, even or odd).
+        lo = cutout // 2
+        hole = ((ys - cy + lo) >= 0) & ((ys - cy + lo) < cutout) & ((xs - cx + lo) >= 0) & ((xs - cx + lo) < cutout)
         x = x.masked_fill(hole[:, None], 0)
     return x

@@ -100,9 +100,13 @@ class Whiten(nn.Module):
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the filters from normalized float images (N, 3, H, W)."""
+        """Set the filters from normalized float images (N, 3, H, W) on any device.
+
+        The fit runs on the CPU in float64 (MPS has no float64, and eigh there is unsupported), then the
+        filters move to this layer's device and dtype.
+        """
         p = self.patch
-        patches = images.double().unfold(2, p, 1).unfold(3, p, 1)  # (N, 3, H-p+1, W-p+1, p, p)
+        patches = images.detach().to("cpu", torch.float64).unfold(2, p, 1).unfold(3, p, 1)  # (N, 3, H-p+1, W-p+1, p, p)
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * p * p)  # rows in conv-weight order
         cov = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)

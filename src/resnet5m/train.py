@@ -89,11 +89,15 @@ class TrainConfig:
     )
     sync_bn: bool = _f(False, "multi-GPU runs: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
     compile: bool = _f(False, "torch.compile the model (worth it on GPU for long runs)")
-    out: str = _f("runs/default", "run folder for checkpoints, history and final weights")
+    out: str = _f("", "run folder for checkpoints, history and final weights (empty: runs/<arch>)")
     resume: bool = _f(False, "continue from the run folder's last checkpoint")
     data_dir: str | None = _f(None, DATA_DIR_HELP)
     download: bool = _f(True, "download CIFAR-10 when it is missing")
     quiet: bool = _f(False, "no progress bars, one line per epoch")
+
+    def __post_init__(self) -> None:
+        if not self.out:  # one folder per arch, so a run of another arch does not find this one's checkpoint
+            self.out = f"runs/{self.arch}"
 
 
 # Per-architecture recipes: the fields where `resnet5m train --arch NAME` departs from the defaults above.

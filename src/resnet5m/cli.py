@@ -10,17 +10,7 @@ from pathlib import Path
 from .data import DATA_DIR_HELP
 from .errors import UserError
 from .runtime import PRECISIONS
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repository's weights/ in a source checkout
-
-
-def default_weights(arch: str) -> Path:
-    """The shipped weights for an arch: ./weights/ first, then the source checkout's weights/."""
-    name = f"resnet5m_{arch}.pt"
-    for folder in (Path("weights"), WEIGHTS_DIR):
-        if (folder / name).is_file():
-            return folder / name
-    raise UserError(f"no shipped weights {name} found in ./weights or {WEIGHTS_DIR}; pass --weights PATH")
+from .weights import default_weights
 
 
 def cmd_info(args: argparse.Namespace) -> dict:

@@ -31,6 +31,7 @@ from .checkpoint import LoadedWeights, atomic_save, load_weights, save_weights, 
 from .errors import UserError
 from .formats import INT8_FORMAT, INT8_FORMAT_VERSION, META_KEY, ONNX_HINT, load_any
 from .quantize import calibration_split, check_inputs, quantize_int8, quiet
+from .weights import default_weights
 
 FORMATS = ("fp16", "int8", "torchscript", "onnx")
 SUFFIXES = {"fp16": ".pt", "int8": ".pt", "torchscript": ".ts", "onnx": ".onnx"}
@@ -230,8 +231,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> dict:
     """Run `resnet5m export` and report what was written."""
-    from .cli import default_weights
-
     weights = Path(args.weights) if args.weights else default_weights(args.arch or "seed")
     result = export(
         weights, args.format, args.out, arch=args.arch, force=args.force, data_dir=args.data_dir,

@@ -23,6 +23,7 @@ from .checkpoint import sha256_of
 from .data import ENV_VAR as DATA_ENV
 from .errors import UserError
 from .train import CHECKPOINT, TrainConfig
+from .weights import WEIGHTS_DIR
 
 # The repository, in this one place; the notebook's badge and install cell repeat it (a test checks they agree).
 REPO = "resnet5m/resnet5m"  # placeholder until the repository's real address is known
@@ -234,8 +235,6 @@ def repo_weights_url(repo_url: str = REPO_URL, name: str = WEIGHTS_NAME, branch:
 
 def repo_weights_candidates(name: str = WEIGHTS_NAME, start: str | os.PathLike | None = None) -> list[Path]:
     """Where a checkout keeps weights/<name>: under start (default: cwd), its parent (notebooks/ runs), the package's checkout."""
-    from .cli import WEIGHTS_DIR
-
     start = Path(start) if start is not None else Path.cwd()
     candidates = [start / "weights" / name, start.parent / "weights" / name, WEIGHTS_DIR / name]
     return list(dict.fromkeys(p.resolve() for p in candidates))  # without duplicates, in order

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment
+from .argtypes import fraction, positive_int
 from .checkpoint import load_weights
 from .data import DATA_DIR_HELP, model_input
 from .errors import UserError
@@ -106,18 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="training-step time with and without the augmentation pipeline")
     p.add_argument("--arch", default="seed")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--size", type=int, default=32, help="training resolution")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--size", type=positive_int, default=32, help="training resolution")
+    p.add_argument("--steps", type=positive_int, default=5)
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("time-to-accuracy", help="train an arch's preset on all training images; wall-clock to the target")
     p.add_argument("--arch", default="fast")
-    p.add_argument("--target", type=float, default=0.94, help="test accuracy to reach (fraction)")
+    p.add_argument("--target", type=fraction, default=0.94, help="test accuracy to reach (fraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", help="keep the run folder here (default: a temporary folder, removed afterwards)")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--epochs", type=positive_int, help="override the preset's epochs")
     p.add_argument("--progressive", help="override the preset's resolution schedule")
     p.add_argument("--device", help="override the device (default: auto)")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .argtypes import nonnegative_int, positive_int
 from .data import DATA_DIR_HELP
 from .errors import UserError
 from .runtime import PRECISIONS
@@ -108,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="average each image's logits with its mirror image's, as training validates (default: on)",
     )
     p.add_argument(
-        "--tta-shift", type=int, help="also average copies shifted by N pixels (default: as the weights' recipe, else 0)"
+        "--tta-shift",
+        type=nonnegative_int,
+        help="also average copies shifted by N pixels (default: as the weights' recipe, else 0)",
     )
-    p.add_argument("--batch-size", type=int, default=200)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=200)
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument(
         "--precision",

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .argtypes import positive_int
 from .checkpoint import LoadedWeights, atomic_save, load_weights, save_weights, sha256_of, staged
 from .errors import UserError
 from .formats import INT8_FORMAT, INT8_FORMAT_VERSION, META_KEY, ONNX_HINT, load_any
@@ -225,7 +226,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--download", action=argparse.BooleanOptionalAction, default=True, help="int8 only: download CIFAR-10 when missing"
     )
-    parser.add_argument("--calib-images", type=int, default=512, help="int8 only: training images used for calibration")
+    parser.add_argument("--calib-images", type=positive_int, default=512, help="int8 only: training images used for calibration")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .argtypes import nonnegative_int, positive_int
 from .data import DATA_DIR_HELP, normalize
 from .errors import UserError
 from .export import FORMATS, default_out, export
@@ -77,7 +78,7 @@ def table_rows(
     formats: tuple[str, ...] = FORMATS,
     bf16: bool = True,
     calib_images: int = 512,
-    limit: int = 0,
+    limit: int | None = None,
     latency_runs: int = 30,
     throughput_runs: int = 3,
 ) -> list[dict]:
@@ -138,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", help="keep the exported files here (overwritten); default: a temporary folder")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast row of the fp32 checkpoint")
-    parser.add_argument("--threads", type=int, default=0, help="torch/onnxruntime CPU threads (default: torch's default)")
-    parser.add_argument("--calib-images", type=int, default=512)
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N test images")
-    parser.add_argument("--latency-runs", type=int, default=30)
-    parser.add_argument("--throughput-runs", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=nonnegative_int, default=0, help="torch/onnxruntime CPU threads (default: torch's default)"
+    )
+    parser.add_argument("--calib-images", type=positive_int, default=512)
+    parser.add_argument("--limit", type=positive_int, help="use only the first N test images (default: all)")
+    parser.add_argument("--latency-runs", type=positive_int, default=30)
+    parser.add_argument("--throughput-runs", type=positive_int, default=3)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of markdown")
     args = parser.parse_args(argv)
     if args.threads:

@@ -16,6 +16,25 @@ def run_json(capsys, argv):
     return json.loads(capsys.readouterr().out)
 
 
+def test_version_names_the_packages_and_devices(capsys, monkeypatch):
+    import torchvision
+
+    import resnet5m
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"resnet5m {resnet5m.__version__} (torch {torch.__version__}, ")
+    assert f"torchvision {torchvision.__version__}" in lines[0] and "CUDA" in lines[1] and "MPS" in lines[1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "2 device(s), Test GPU" in capsys.readouterr().out
+
+
 def test_info_prints_the_seed_parameter_count(capsys):
     assert main(["info", "--arch", "seed"]) == 0
     assert "4,771,146" in capsys.readouterr().out

@@ -82,8 +82,38 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return out
 
 
+def version_text() -> str:
+    """Two lines for bug reports: the package, torch, torchvision and Python versions; the accelerators torch sees."""
+    import platform
+
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    if torch.cuda.is_available():
+        cuda = f"CUDA {torch.version.cuda}: {torch.cuda.device_count()} device(s), {torch.cuda.get_device_name(0)}"
+    else:
+        cuda = "CUDA: not available" + ("" if torch.version.cuda else " (CPU-only torch build)")
+    mps = "MPS: available" if torch.backends.mps.is_available() else "MPS: not available"
+    versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"
+    return f"resnet5m {__version__} ({versions})\n{cuda}; {mps}"
+
+
+class VersionAction(argparse.Action):
+    """--version, computed only when asked: it imports torchvision and queries the GPU driver."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option: str | None = None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet5m", description="Small ResNets for CIFAR-10.")
+    parser.add_argument("--version", action=VersionAction, help="print the versions and the devices torch sees, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="parameters, size and multiply-adds of an architecture")

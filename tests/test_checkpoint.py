@@ -1,9 +1,14 @@
+import errno
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet5m.checkpoint import load_weights, save_weights, sha256_of
+from resnet5m.checkpoint import atomic_save, load_weights, save_weights, sha256_of, staged
 from resnet5m.errors import UserError
 from resnet5m.model import build_model
 
@@ -158,3 +163,64 @@ def test_fast_arch_round_trip(tmp_path):
         assert torch.equal(loaded.model.eval()(x), model(x))
     with pytest.raises(UserError, match="does not fit arch 'seed'"):
         load_weights(tmp_path / "fast.pt", arch="seed")
+
+
+def _full_disk(obj, f, *args, **kwargs):
+    """A torch.save that gets part of the way, then finds the disk full."""
+    f.write(b"partial")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "w.pt"
+    save_weights(path, build_model("tiny"), "tiny")
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", _full_disk)
+    with pytest.raises(UserError) as info:
+        save_weights(path, build_model("tiny"), "tiny", overwrite=True)
+    message = str(info.value)
+    assert message.startswith(f"could not write {path}: No space left on device (") and "\n" not in message
+    assert f"GB free in {path.parent}" in message and "free some space or choose another --out" in message
+    assert path.read_bytes() == before and os.listdir(path.parent) == ["w.pt"]  # no temp file left behind
+
+
+def test_staged_text_write_on_a_full_disk(tmp_path, monkeypatch):
+    path = tmp_path / "history.json"
+    path.write_text("[]")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(UserError, match=r"could not write .*history.json: No space left on device \(\d+\.\d\d GB free in "):
+        with staged(path) as tmp:
+            tmp.write_text("[1]")
+    assert path.read_bytes() == b"[]" and os.listdir(tmp_path) == ["history.json"]
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_unwritable_folder_is_one_line(tmp_path, monkeypatch, code):
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"old weights")
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(UserError, match=f"could not write {path}: {os.strerror(code)}.*choose another --out you can write to"):
+        atomic_save({"a": torch.zeros(1)}, path)
+    assert path.read_bytes() == b"old weights"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders anyway")
+def test_read_only_folder_by_permissions(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "w.pt").write_bytes(b"old weights")
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="Permission denied.*choose another --out"):
+            atomic_save({"a": torch.zeros(1)}, folder / "w.pt")
+    finally:
+        folder.chmod(0o755)
+    assert (folder / "w.pt").read_bytes() == b"old weights"

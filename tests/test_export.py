@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -148,6 +150,21 @@ def test_export_refuses_to_overwrite(tiny_weights: Path, data_dir: Path, tmp_pat
     code, _, err = _run([*argv, "--force"], capsys)
     assert code == 0, err
     assert formats.detect_format(out) == "torchscript"
+
+
+def test_export_on_a_full_disk_is_one_line_naming_the_out_path(tiny_weights: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "tiny_fp16.pt"
+    out.write_bytes(b"keep me")
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    code, _, err = _run(["export", "--weights", str(tiny_weights), "--format", "fp16", "--out", str(out), "--force"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"could not write {out}: No space left on device" in err and "choose another --out" in err  # not the temp name
+    assert out.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["tiny_fp16.pt"]
 
 
 def test_export_refuses_its_own_source(tiny_weights: Path) -> None:

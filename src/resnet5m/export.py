@@ -107,7 +107,8 @@ def _write_int8(loaded: LoadedWeights, tmp: Path, meta: dict, calibration: torch
 def _write_torchscript(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module:
     with quiet(), torch.no_grad():
         traced = torch.jit.trace(loaded.model.eval(), check_inputs(2))
-        torch.jit.save(traced, str(tmp), _extra_files={META_KEY: json.dumps(meta)})
+        with open(tmp, "wb") as f:  # a Python file object: a full disk is an OSError that staged() explains
+            torch.jit.save(traced, f, _extra_files={META_KEY: json.dumps(meta)})
     return load_any(tmp).model
 
 

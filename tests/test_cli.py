@@ -83,6 +83,7 @@ def test_evaluate_human_output(tmp_path, cifar_dir, capsys):
         (None, [], "not found; pass --weights"),
         (lambda p: p.write_bytes(b"junk"), [], "not a PyTorch checkpoint"),
         (lambda p: torch.save(build_model("tiny"), p), [], "pickled Python object"),
+        (lambda p: torch.save(build_model("tiny"), p, pickle_protocol=4), [], "pickled with protocol 4"),
         (lambda p: torch.save(build_model("tiny").state_dict(), p), ["--arch", "seed"], "does not fit arch 'seed'"),
         (lambda p: torch.save(build_model("tiny").state_dict(), p), ["--arch", "nope"], "unknown arch 'nope'"),
         (lambda p: torch.save(build_model("tiny").state_dict(), p), ["--data-dir", "/nonexistent", "--no-download"],
@@ -106,6 +107,16 @@ def test_real_process_prints_no_traceback(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pickled_model_is_one_stderr_line_in_a_real_process(tmp_path, protocol):
+    # torch warns about protocol 4 before failing; only our line may reach the user
+    torch.save(build_model("tiny"), tmp_path / "pickled.pt", pickle_protocol=protocol)
+    argv = [sys.executable, "-m", "resnet5m", "evaluate", "--weights", str(tmp_path / "pickled.pt")]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("resnet5m: error:") and "torch.save(model.state_dict(), path)" in proc.stderr
 
 
 def test_train_then_evaluate_round_trip(tmp_path, cifar_dir, capsys):

@@ -13,8 +13,10 @@ import errno
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,17 +153,28 @@ def unwrap_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def _torch_load(path: Path, device: torch.device | str) -> Any:
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) and "GLOBAL" in str(e):
-            raise UserError(
-                f"{path} holds a pickled Python object (e.g. a whole model saved with torch.save(model)), "
-                "which is not loaded for safety; re-save it with torch.save(model.state_dict(), path)"
-            ) from e
-        raise UserError(f"{path} is not a PyTorch checkpoint or is truncated; download or copy it again") from e
-    except Exception as e:  # the unpickler fails on junk bytes with KeyError, EOFError, RuntimeError, ...
-        raise UserError(f"{path} is not a PyTorch checkpoint or is truncated; download or copy it again") from e
+    # torch warns about what it reads (e.g. "Detected pickle protocol 4 ... the weights_only Unpickler might not
+    # support ...") just before it fails on it; the warnings are kept back so that a failure is our one line, which
+    # names the protocol when that is the reason. A file that loads needs no such notice.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" in str(e) and "GLOBAL" in str(e):
+                raise UserError(
+                    f"{path} holds a pickled Python object (e.g. a whole model saved with torch.save(model)), "
+                    "which is not loaded for safety; re-save it with torch.save(model.state_dict(), path)"
+                ) from e
+            protocol = next((m[1] for w in caught if (m := re.search(r"pickle protocol (\d+)", str(w.message)))), None)
+            if protocol:
+                raise UserError(
+                    f"{path} was pickled with protocol {protocol} (pickle.dump, or torch.save with pickle_protocol), which "
+                    "the safe loader does not read; re-save it with torch.save(model.state_dict(), path)"
+                ) from e
+            raise UserError(f"{path} is not a PyTorch checkpoint or is truncated; download or copy it again") from e
+        except Exception as e:  # the unpickler fails on junk bytes with KeyError, EOFError, RuntimeError, ...
+            raise UserError(f"{path} is not a PyTorch checkpoint or is truncated; download or copy it again") from e
 
 
 def _split_payload(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict]:

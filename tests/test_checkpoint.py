@@ -113,8 +113,22 @@ def test_whole_pickled_model_is_refused(tmp_path):
 
 def test_arch_mismatch_names_keys_and_the_lookalike(tmp_path):
     torch.save(build_model("tiny").state_dict(), tmp_path / "tiny.pt")
-    with pytest.raises(UserError, match=r"does not fit arch 'seed'.*missing keys \['layer1.1.*looks like arch 'tiny'"):
+    expected = r"does not fit arch 'seed'.*missing keys \['layer1.1.*looks like arch 'tiny'.*: pass --arch tiny"
+    with pytest.raises(UserError, match=expected):
         load_weights(tmp_path / "tiny.pt", arch="seed")
+
+
+def test_arch_mismatch_suggests_the_arch_that_fits(tmp_path):
+    save_weights(tmp_path / "fast.pt", build_model("fast"), "fast")
+    with pytest.raises(UserError, match=r"does not fit arch 'seed'.*; the file records arch 'fast': pass --arch fast or drop"):
+        load_weights(tmp_path / "fast.pt", arch="seed")
+    torch.save(build_model("fast").state_dict(), tmp_path / "bare.pt")  # no metadata: found by its shapes
+    with pytest.raises(UserError, match=r"; it looks like arch 'fast': pass --arch fast or drop --arch$"):
+        load_weights(tmp_path / "bare.pt", arch="tiny")
+    torch.save(OriginalResNet((2, 2, 2), (8, 16, 32)).state_dict(), tmp_path / "custom.pt")
+    with pytest.raises(UserError, match=r"looks like a ResNet \(blocks \[2, 2, 2\], widths \[8, 16, 32\]\): drop --arch"):
+        load_weights(tmp_path / "custom.pt", arch="tiny")
+    assert load_weights(tmp_path / "custom.pt").arch == "custom"  # as the message says
 
 
 def test_foreign_state_dict_is_refused(tmp_path):

@@ -101,6 +101,43 @@ def test_bad_input_gives_one_line(tmp_path, cifar_dir, capsys, make, argv_extra,
     assert message in err and err.startswith("resnet5m: error:") and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "--arch", "fats"],
+        ["evaluate", "--arch", "fats"],  # before looking for shipped weights of that name
+        ["evaluate", "--arch", "fats", "--weights", "{ts}"],  # a TorchScript file records an arch of its own
+        ["export", "--arch", "fats", "--format", "fp16"],
+        ["export", "--arch", "fats", "--format", "fp16", "--weights", "{pt}"],
+    ],
+)
+def test_unknown_arch_is_named_with_the_choices(tmp_path, capsys, argv):
+    from resnet5m.export import export
+
+    save_weights(tmp_path / "w.pt", build_model("tiny"), "tiny")
+    export(tmp_path / "w.pt", "torchscript", tmp_path / "w.ts")
+    argv = [a.format(pt=tmp_path / "w.pt", ts=tmp_path / "w.ts") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "resnet5m: error: unknown arch 'fats'; choose one of: seed, tiny, fast\n"
+
+
+def test_unknown_arch_in_the_benchmarks(capsys):
+    from resnet5m import bench
+
+    assert bench.main(["pipeline", "--arch", "fats"]) == 2
+    assert bench.main(["time-to-accuracy", "--arch", "fats"]) == 2
+    line = "resnet5m.bench: error: unknown arch 'fats'; choose one of: seed, tiny, fast"
+    assert capsys.readouterr().err.splitlines() == [line, line]
+
+
+def test_wrong_arch_for_a_file_suggests_its_own(tmp_path, capsys):
+    save_weights(tmp_path / "fast.pt", build_model("fast"), "fast")
+    assert main(["evaluate", "--arch", "seed", "--weights", str(tmp_path / "fast.pt")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.rstrip().endswith("the file records arch 'fast': pass --arch fast or drop --arch")
+
+
 def test_real_process_prints_no_traceback(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     proc = subprocess.run([sys.executable, "-m", "resnet5m", "evaluate", "--weights", str(tmp_path / "junk.pt")],

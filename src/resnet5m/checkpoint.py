@@ -29,7 +29,6 @@ from .errors import UserError
 from .model import (
     ARCHS,
     ArchConfig,
-    ResNetConfig,
     arch_name,
     build_model,
     config_from_dict,
@@ -189,15 +188,32 @@ def _split_payload(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict]
     raise UserError(f"{path} holds no model state dict; pass a weights file saved by resnet5m or torch.save(model.state_dict())")
 
 
-def _describe(config: ResNetConfig | None) -> str:
-    if config is None:
-        return "not a resnet5m/original-format ResNet"
-    name = arch_name(config)
-    shape = f"blocks {list(config.blocks)}, widths {list(config.widths)}"
-    return f"arch '{name}' ({shape})" if name else f"a ResNet with {shape}"
+def _fitting_arch(state: dict[str, torch.Tensor]) -> str | None:
+    """The named arch whose parameter names and shapes are exactly those of state, if one is."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name, config in ARCHS.items():
+        with torch.device("meta"):  # shapes only: no memory, no draw from the random generator
+            expected = config.build().state_dict()
+        if shapes == {k: tuple(v.shape) for k, v in expected.items()}:
+            return name
+    return None
 
 
-def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+def _lookalike(state: dict[str, torch.Tensor], arch: str, recorded: str | None) -> str:
+    """What the weights are, for a mismatch message, and the --arch that loads them."""
+    if recorded in ARCHS and recorded != arch:
+        return f"the file records arch '{recorded}': pass --arch {recorded} or drop --arch"
+    config = infer_config(state)
+    shape = f" (blocks {list(config.blocks)}, widths {list(config.widths)})" if config is not None else ""
+    name = _fitting_arch(state) or (arch_name(config) if config is not None else None)
+    if name and name != arch:
+        return f"it looks like arch '{name}'{shape}: pass --arch {name} or drop --arch"
+    if config is not None:
+        return f"it looks like a ResNet{shape}: drop --arch to load it"
+    return "it is not a resnet5m/original-format ResNet"
+
+
+def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path, recorded: str | None) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -210,7 +226,7 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], arch: str, pat
             parts.append(f"unexpected keys {unexpected[:3]}")
         if mismatched:
             parts.append(f"shape mismatch at {mismatched[:3]}")
-        raise UserError(f"{path} does not fit arch '{arch}': {'; '.join(parts)}; it looks like {_describe(infer_config(state))}")
+        raise UserError(f"{path} does not fit arch '{arch}': {'; '.join(parts)}; {_lookalike(state, arch, recorded)}")
 
 
 @dataclass
@@ -256,7 +272,7 @@ def weights_from(
     else:
         config = get_config(arch)
     model = build_model(config, allow_over_limit=True)
-    _check_keys(model, state, arch, path)
+    _check_keys(model, state, arch, path, meta.get("arch"))
     # fp16-stored weights go back to fp32; integer buffers (num_batches_tracked) keep their dtype.
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)

@@ -108,7 +108,7 @@ def detect_format(path: str | os.PathLike) -> str:
 def _check_arch(arch: str | None, meta: dict, path: Path) -> str:
     known = meta.get("arch") or "unknown"
     if arch and known != "unknown" and arch != known:
-        raise UserError(f"{path} holds arch '{known}', not '{arch}'; drop --arch or pass the matching file")
+        raise UserError(f"{path} holds arch '{known}', not '{arch}'; pass --arch {known} or drop --arch")
     return arch or known
 
 
@@ -150,6 +150,8 @@ def load_any(path: str | os.PathLike, arch: str | None = None, device: torch.dev
     No file is unpickled beyond tensors and plain containers (torch.load with weights_only=True).
     """
     path = Path(path)
+    if arch is not None:
+        get_config(arch)  # a mistyped --arch is named as such, not as a mismatch with the file
     kind = detect_format(path)
     if kind == "torchscript":
         return _load_torchscript(path, arch, device)

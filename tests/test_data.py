@@ -1,10 +1,11 @@
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, make_batch
+from conftest import SHARED, make_batch, write_cifar
 
 from resnet5m.data import find_batches, load_split, normalize, read_batch, resolve_data_dir
 from resnet5m.errors import UserError
@@ -55,6 +56,36 @@ def test_download_failure_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
     with pytest.raises(UserError, match="could not download CIFAR-10.*--data-dir"):
         load_split("test", tmp_path, download_missing=True)
+
+
+def test_data_dir_one_level_too_high_names_the_right_one(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    write_cifar(tmp_path / "shared" / "cifar10", per_batch=2, n_test=2)
+    monkeypatch.setattr(tvu, "download_and_extract_archive", lambda *a, **k: pytest.fail("must not download"))
+    right = tmp_path / "shared" / "cifar10"
+    with pytest.raises(UserError) as info:
+        load_split("test", tmp_path / "shared", download_missing=True)
+    assert str(info.value) == f"CIFAR-10 not in {tmp_path / 'shared'}, but found in {right}: pass --data-dir {right}"
+    assert len(load_split("test", right)[1]) == 2 and len(load_split("test", right / "cifar-10-batches-py")[1]) == 2
+
+
+def test_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    def half_then_offline(url, download_root, **kwargs):
+        Path(download_root).mkdir(parents=True)
+        (Path(download_root) / "cifar-10-python.tar.gz").write_bytes(b"half an archive")
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", half_then_offline)
+    with pytest.raises(UserError, match=r"could not download.*check the network.*typo/data did not exist: is the name right\?"):
+        load_split("test", tmp_path / "typo" / "data", download_missing=True)
+    assert list(tmp_path.iterdir()) == []  # typo/ was made by the download, so it went with it
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="could not download"):
+        load_split("test", tmp_path / "empty", download_missing=True)
+    assert (tmp_path / "empty").is_dir()  # the user's own folder stays
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def find_batches(root: Path) -> Path | None:
     return None
 
 
+def nested_copy(root: Path) -> Path | None:
+    """A copy one level below root (root/NAME/cifar-10-batches-py): --data-dir named the folder above the right one."""
+    if not root.is_dir():
+        return None
+    return next((c.parent for c in sorted(root.glob(f"*/{BATCHES_DIR}")) if find_batches(c.parent) == c), None)
+
+
 def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One pickled batch file -> images (N, 3, 32, 32) uint8 and labels (N,) int64."""
     try:
@@ -66,15 +74,22 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def download(root: Path) -> None:
-    """Fetch and extract the official archive into root (md5-verified by torchvision)."""
+    """Fetch and extract the official archive into root (md5-verified by torchvision).
+
+    A failed download removes the folders it created: a mistyped --data-dir leaves nothing behind.
+    """
     from torchvision.datasets.utils import download_and_extract_archive
 
+    missing = [p for p in (root, *root.parents) if not p.exists()]  # root and the ancestors the download will create
     try:
         download_and_extract_archive(URL, download_root=str(root), md5=ARCHIVE_MD5)
     except Exception as e:  # network errors come in many types; each ends in the same advice
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)  # new with this call: everything in it is the download's
+        typo = f"; {root} did not exist: is the name right?" if missing else ""
         raise UserError(
             f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); "
-            f"check the network, or pass --data-dir / set {ENV_VAR} to an existing copy"
+            f"check the network, or pass --data-dir / set {ENV_VAR} to an existing copy{typo}"
         ) from e
 
 
@@ -86,6 +101,8 @@ def load_split(
         raise UserError(f"unknown split '{split}'; use 'train' or 'test'")
     root = resolve_data_dir(data_dir)
     folder = find_batches(root)
+    if folder is None and (nested := nested_copy(root)) is not None:
+        raise UserError(f"CIFAR-10 not in {root}, but found in {nested}: pass --data-dir {nested}")
     if folder is None and download_missing:
         download(root)
         folder = find_batches(root)

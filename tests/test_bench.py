@@ -1,4 +1,5 @@
 import json
+import tempfile
 
 from resnet5m.bench import main
 
@@ -22,3 +23,14 @@ def test_time_to_accuracy_prints_one_json_line(cifar_dir, tmp_path, capsys):
     assert (tmp_path / "resnet5m_tiny.pt").is_file()
     assert main(argv + ["--target", "0.99"]) == 2  # the run folder is kept, so a second run is refused
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_time_to_accuracy_names_no_removed_folder(cifar_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run folder is made, and removed, in here
+    assert main(["time-to-accuracy", "--arch", "tiny", "--epochs", "1", "--data-dir", str(cifar_dir)]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "epoch   1/1" in captured.err and "test accuracy" in captured.err  # train's lines still come
+    assert "saved weights" not in captured.err and "resnet5m-bench-" not in captured.err + captured.out
+    assert out["command"] == "resnet5m train --arch tiny --epochs 1 --val-size 0"
+    assert list(tmp_path.iterdir()) == []

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
@@ -78,13 +81,37 @@ def pipeline(arch: str, batch_size: int, size: int, steps: int, device_name: str
     }  # fmt: skip
 
 
+class _LinesWithout(io.TextIOBase):
+    """A text stream passing whole lines on to target, except those that name `hidden`."""
+
+    def __init__(self, target: TextIO, hidden: str) -> None:
+        self.target, self.hidden, self.pending = target, hidden, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        self.target.writelines(line + "\n" for line in lines if self.hidden not in line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and self.hidden not in self.pending:
+            self.target.write(self.pending)
+        self.pending = ""
+        self.target.flush()
+
+
 def time_to_accuracy(arch: str, target: float, seed: int, data_dir: str | None, out: str | None, **overrides) -> dict:
-    """Train recipe(arch) on all training images, test once; wall-clock, throughput and accuracy."""
+    """Train recipe(arch) on all training images, test once; wall-clock, throughput and accuracy.
+
+    The weights are kept in `out` when one is given; otherwise the run folder is temporary, and no line
+    printed (train's "saved weights to ...", the JSON's command) names it, since it is gone afterwards.
+    """
     with tempfile.TemporaryDirectory(prefix="resnet5m-bench-") as tmp:
         cfg = recipe(arch, seed=seed, val_size=0, test=True, data_dir=data_dir, out=out or tmp, quiet=True, **overrides)
         start = time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):  # train's own lines; stdout carries the JSON line only
+        log = sys.stderr if out else _LinesWithout(sys.stderr, tmp)
+        with contextlib.redirect_stdout(log):  # train's own lines; stdout carries the JSON line only
             history = train(cfg)
+        log.flush()
         wall = time.perf_counter() - start
         metrics = load_weights(f"{cfg.out}/resnet5m_{arch}.pt").meta["metrics"]
     train_seconds = sum(row["seconds"] for row in history)
@@ -98,7 +125,7 @@ def time_to_accuracy(arch: str, target: float, seed: int, data_dir: str | None, 
         "time_to_target_s": round(wall, 1) if reached else None,
         "train_images_per_s": round(images / train_seconds, 1),
         "threads": torch.get_num_threads(), "device": str(pick_device(cfg.device)),
-        "command": command_line(cfg),
+        "command": command_line(cfg if out else replace(cfg, out=recipe(arch).out)),  # no --out naming a removed folder
     }  # fmt: skip
 
 

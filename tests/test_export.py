@@ -172,8 +172,13 @@ def test_export_refuses_its_own_source(tiny_weights: Path) -> None:
         ex.export(tiny_weights, "fp16", tiny_weights, force=True)
 
 
-def test_default_out_name(tmp_path: Path) -> None:
-    assert ex.default_out(tmp_path / "resnet5m_seed.pt", "onnx") == tmp_path / "resnet5m_seed_onnx.onnx"
+def test_default_out_is_in_exports_not_next_to_the_weights(tiny_weights: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    assert ex.default_out(tmp_path / "resnet5m_seed.pt", "onnx") == Path("exports/resnet5m_seed_onnx.onnx")
+    monkeypatch.chdir(tmp_path)
+    code, result, err = _run(["export", "--weights", str(tiny_weights), "--format", "torchscript", "--json"], capsys)
+    assert code == 0, err
+    assert result["path"] == str(Path("exports/resnet5m_tiny_torchscript.ts")) and (tmp_path / result["path"]).is_file()
+    assert list(tiny_weights.parent.iterdir()) == [tiny_weights]  # nothing new next to the source
 
 
 def test_evaluate_rejects_unknown_file(tmp_path: Path, data_dir: Path, capsys) -> None:

@@ -37,6 +37,8 @@ from .weights import default_weights
 FORMATS = ("fp16", "int8", "torchscript", "onnx")
 SUFFIXES = {"fp16": ".pt", "int8": ".pt", "torchscript": ".ts", "onnx": ".onnx"}
 GRAPH_TOLERANCE = 1e-3  # max abs logit difference allowed for the fp32 graph formats
+# Default output folder, in the working folder: not next to the source, which is often the repository's tracked weights/.
+EXPORTS_DIR = Path("exports")
 
 
 # ---------------------------------------------------------------- metadata and file handling
@@ -58,8 +60,8 @@ def _metadata(fmt: str, loaded: LoadedWeights, source: Path) -> dict:
 
 
 def default_out(weights: Path, fmt: str) -> Path:
-    """resnet5m_seed.pt -> resnet5m_seed_int8.pt, next to the source."""
-    return weights.with_name(f"{weights.stem}_{fmt}{SUFFIXES[fmt]}")
+    """weights/resnet5m_seed.pt -> exports/resnet5m_seed_int8.pt."""
+    return EXPORTS_DIR / f"{weights.stem}_{fmt}{SUFFIXES[fmt]}"
 
 
 def _check_out(out: Path, source: Path, force: bool) -> None:
@@ -221,7 +223,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="source .pt file (default: the shipped weights/resnet5m_<arch>.pt)")
     parser.add_argument("--arch", help="architecture (default: read from the weights file)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
-    parser.add_argument("--out", help="output path (default: <weights stem>_<format>.pt/.ts/.onnx next to the weights)")
+    parser.add_argument("--out", help=f"output path (default: {EXPORTS_DIR}/<weights stem>_<format>.pt/.ts/.onnx)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--data-dir", help="int8 only: folder holding cifar-10-batches-py/ for calibration")
     parser.add_argument(

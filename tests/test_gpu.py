@@ -8,8 +8,9 @@ import textwrap
 import pytest
 import torch
 
+from resnet5m.config import TrainConfig
 from resnet5m.evaluate import evaluate
-from resnet5m.train import TrainConfig, Trainer, train
+from resnet5m.train import Trainer, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -55,7 +56,8 @@ def test_one_process_ddp_over_nccl(cifar_dir, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent("""
         import sys, torch.distributed as dist
-        from resnet5m.train import TrainConfig, train
+        from resnet5m.config import TrainConfig
+        from resnet5m.train import train
         train(TrainConfig(arch="tiny", epochs=1, batch_size=100, val_size=200, data_dir=sys.argv[1], out=sys.argv[2],
                           quiet=True, download=False, device="cuda", sync_bn=True))
         assert dist.get_backend() == "nccl"

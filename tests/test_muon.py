@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from resnet5m.config import TrainConfig
 from resnet5m.errors import UserError
 from resnet5m.model import build_model
 from resnet5m.muon import Muon, orthogonalize
-from resnet5m.train import TrainConfig, Trainer, make_optimizer, train
+from resnet5m.train import Trainer, make_optimizer, train
 
 
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16)])

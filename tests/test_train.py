@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
+from resnet5m.config import TrainConfig, parse_progressive
 from resnet5m.errors import UserError
-from resnet5m.train import CHECKPOINT, HISTORY, TrainConfig, Trainer, lr_factor, parse_progressive, train
+from resnet5m.runfolder import CHECKPOINT, HISTORY
+from resnet5m.train import Trainer, lr_factor, train
 
 
 def config(cifar_dir, out, **kw) -> TrainConfig:
@@ -227,7 +229,7 @@ def test_command_line_reproduces_the_recipe():
     import argparse
     import shlex
 
-    from resnet5m.train import PRESETS, add_train_arguments, command_line, config_from_args, recipe
+    from resnet5m.config import PRESETS, add_train_arguments, command_line, config_from_args, recipe
 
     cfg = recipe("fast", lr=0.4, tta=False, progressive="24:5", out="runs/x", quiet=True)
     assert cfg.epochs == PRESETS["fast"]["epochs"] and cfg.batch_size == PRESETS["fast"]["batch_size"]

@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish_arguments(p)
     p.set_defaults(func=cmd_publish)
 
-    from .train import add_train_arguments, cmd_train
+    from .config import add_train_arguments
+    from .train import cmd_train
 
     p = sub.add_parser("train", help="train a network, with checkpoints and resume")
     add_train_arguments(p)

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import sha256_of
+from .config import TrainConfig
 from .data import ENV_VAR as DATA_ENV
 from .errors import UserError
-from .train import CHECKPOINT, TrainConfig
+from .runfolder import CHECKPOINT
 from .weights import WEIGHTS_DIR
 
 # The repository, in this one place; the notebook's badge and install cell repeat it (a test checks they agree).

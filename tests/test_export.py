@@ -222,3 +222,29 @@ def test_table_command(tiny_weights: Path, data_dir: Path, tmp_path: Path, capsy
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 2 + len(chosen.split(","))  # header, source fp32 and bf16, one per format
     assert "| int8 |" in table
+
+
+@pytest.fixture(scope="module")
+def whitened_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fast and best nets with fitted whitening and non-default BatchNorm statistics, saved in our format."""
+    paths = {}
+    for arch in ("fast", "best"):
+        torch.manual_seed(0)
+        model = build_model(arch)
+        model.fit_to_data(torch.randn(64, 3, 32, 32))
+        paths[arch] = tmp_path_factory.mktemp(arch) / f"resnet5m_{arch}.pt"
+        save_weights(paths[arch], randomized(model), arch)
+    return paths
+
+
+@pytest.mark.parametrize("arch", ["fast", "best"])
+@pytest.mark.parametrize("fmt", ["fp16", "int8", "torchscript", "onnx"])
+def test_whitened_nets_export_in_every_format(arch, fmt, whitened_weights, data_dir, tmp_path, capsys) -> None:
+    if fmt == "onnx" and not (importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime")):
+        pytest.skip("needs the [onnx] extra")
+    result = _export(whitened_weights[arch], fmt, tmp_path / f"{arch}{ex.SUFFIXES[fmt]}", capsys, data_dir)
+    evaluated = _evaluate(tmp_path / f"{arch}{ex.SUFFIXES[fmt]}", capsys, data_dir)
+    assert evaluated["arch"] == arch and evaluated["format"] == fmt and evaluated["n"] == N_TEST
+    if fmt != "int8":  # int8 is compared to fp32 by its own agreement figure, below
+        assert result["max_abs_diff"] <= (ex.GRAPH_TOLERANCE if fmt in ("torchscript", "onnx") else 0.05)
+    assert result["top1_agreement"] >= (0.75 if fmt == "int8" else 1.0)

@@ -82,6 +82,22 @@ def test_fast_arch_is_small_and_runs_at_several_resolutions():
         assert model(torch.zeros(2, 3, size, size)).shape == (2, 10)
 
 
+def test_best_arch_is_under_the_limit_and_old_fast_files_keep_their_shape():
+    from resnet5m.fastnet import FastConfig
+    from resnet5m.model import ARCHS, PARAM_LIMIT, arch_name, config_from_dict
+
+    best = build_model("best").eval()
+    assert count_params(best) == 4_382_936 < PARAM_LIMIT and macs_per_image(best) < 300e6
+    assert best(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    wider = FastConfig(widths=(128, 320, 384), depth=2)  # the same design a size up: refused without the opt-out
+    with pytest.raises(UserError, match="over the project's 5,000,000 limit"):
+        build_model(wider)
+    old = {"kind": "fast", "widths": [64, 256, 256], "patch": 2, "logit_scale": 0.125}  # saved before `depth`
+    assert arch_name(config_from_dict(old)) == "fast" and ARCHS["fast"].depth == 1
+    keys = set(build_model("fast").state_dict())
+    assert {"whiten.weight", "whiten.bias", "stages.0.residual.conv.weight"} <= keys  # as the shipped file holds
+
+
 def test_fast_convs_start_as_identity_maps():
     from resnet5m.fastnet import identity_conv
 
@@ -92,13 +108,13 @@ def test_fast_convs_start_as_identity_maps():
 
 
 def test_whitening_decorrelates_patches():
-    from resnet5m.fastnet import Whiten
+    from resnet5m.fastnet import fit_whitening, whitening_conv
 
     g = torch.Generator().manual_seed(0)
     mix = torch.tensor([[1.0, 0.9, 0.8], [0.0, 0.4, 0.3], [0.0, 0.0, 0.2]])
     images = torch.einsum("ij,njhw->nihw", mix, torch.randn(64, 3, 16, 16, generator=g))  # correlated channels
-    whiten = Whiten(2)
-    whiten.fit(images)
+    whiten = whitening_conv(2)
+    fit_whitening(whiten, images)
     out = F.conv2d(images, whiten.weight[:12]).permute(1, 0, 2, 3).reshape(12, -1)  # the positive half
     cov = out @ out.T / out.shape[1]
     assert torch.allclose(cov, torch.eye(12), atol=0.05)
@@ -120,12 +136,12 @@ class NoFloat64(torch.Tensor):
 
 
 def test_whitening_fits_on_the_cpu_in_float64_from_any_device():
-    from resnet5m.fastnet import Whiten
+    from resnet5m.fastnet import fit_whitening, whitening_conv
 
     images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    plain, mps_like = Whiten(2), Whiten(2)
-    plain.fit(images)
-    mps_like.fit(images.as_subclass(NoFloat64))  # the fit computed in float64 on MPS before the fix
+    plain, mps_like = whitening_conv(2), whitening_conv(2)
+    fit_whitening(plain, images)
+    fit_whitening(mps_like, images.as_subclass(NoFloat64))  # the fit computed in float64 on MPS before the fix
     assert torch.equal(plain.weight, mps_like.weight) and plain.weight.dtype == torch.float32
 
 

@@ -21,7 +21,8 @@ def test_fast_net_whitening_is_fitted_from_the_training_images(cifar_dir, tmp_pa
     trainer = Trainer(config(cifar_dir, tmp_path, arch="fast", batch_size=50, subset=100))
     filters = trainer.model.whiten.weight
     assert filters.abs().sum() > 0 and torch.equal(filters[:12], -filters[12:])
-    assert "whiten.weight" in trainer.model.state_dict() and not any(p is filters for p in trainer.model.parameters())
+    assert "whiten.weight" in trainer.model.state_dict() and not filters.requires_grad  # fixed, never trained
+    assert not any(p is filters for g in trainer.optimizer.param_groups for p in g["params"])
 
 
 def test_smoke_training_learns(cifar_dir, tmp_path):

@@ -23,12 +23,13 @@ from torch import nn
 
 @dataclass(frozen=True)
 class FastConfig:
-    """Stage widths, whitening patch size and the scale of the output logits."""
+    """Stage widths, whitening patch size, the scale of the output logits and the convs of each residual branch."""
 
     widths: tuple[int, ...] = (64, 256, 256)
     patch: int = 2
     logit_scale: float = 0.125
     num_classes: int = 10
+    depth: int = 1  # conv-BN-GELU layers in each stage's residual branch (airbench96 uses 2)
 
     def to_dict(self) -> dict:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -36,7 +37,8 @@ class FastConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FastConfig:
-        return cls(tuple(d["widths"]), int(d["patch"]), float(d["logit_scale"]), int(d.get("num_classes", 10)))
+        num_classes, depth = int(d.get("num_classes", 10)), int(d.get("depth", 1))  # files before `depth`: 1
+        return cls(tuple(d["widths"]), int(d["patch"]), float(d["logit_scale"]), num_classes, depth)
 
     def build(self) -> FastNet:
         return FastNet(self)
@@ -70,51 +72,50 @@ class ConvBN(nn.Module):
 
 
 class PoolStage(nn.Module):
-    """Widen at full size, halve the size, then one residual conv at the pooled size."""
+    """Widen at full size, halve the size, then a residual branch of `depth` convs at the pooled size."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, depth: int = 1) -> None:
         super().__init__()
         self.conv = identity_conv(c_in, c_out)
         self.bn = shift_only_bn(c_out)
-        self.residual = ConvBN(c_out, c_out)
+        # One conv is a bare ConvBN, so the fast net's state-dict keys (residual.conv, residual.bn) stay as shipped.
+        self.residual = ConvBN(c_out, c_out) if depth == 1 else nn.Sequential(*(ConvBN(c_out, c_out) for _ in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.bn(F.max_pool2d(self.conv(x), 2)))  # (B, C, H/2, W/2)
         return x + self.residual(x)
 
 
-class Whiten(nn.Module):
+def whitening_conv(patch: int) -> nn.Conv2d:
     """A fixed patch x patch convolution that whitens image patches: 2 * 3 * patch**2 output channels.
 
-    The filters are the eigenvectors of the training patches' covariance, each scaled by 1/sqrt of its
-    eigenvalue, plus their negatives (so the GELU after it drops no direction). They are a buffer:
-    set once from data by `fit`, saved and loaded with the weights, never trained. The bias is learned.
+    Its filters, set by `fit_whitening`, are never trained (requires_grad off); its bias is learned. A plain
+    nn.Conv2d, not a subclass or a functional conv: int8 export (FX quantization) quantizes torch.nn modules
+    as modules, whereas it traces into anything else and leaves packed weights that a weights-only file cannot hold.
     """
+    conv = nn.Conv2d(3, 2 * 3 * patch * patch, patch)
+    conv.weight.requires_grad_(False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+    return conv
 
-    def __init__(self, patch: int) -> None:
-        super().__init__()
-        d = 3 * patch * patch
-        self.patch = patch
-        self.register_buffer("weight", torch.zeros(2 * d, 3, patch, patch))
-        self.bias = nn.Parameter(torch.zeros(2 * d))
 
-    @torch.no_grad()
-    def fit(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the filters from normalized float images (N, 3, H, W) on any device.
+@torch.no_grad()
+def fit_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set the whitening filters from normalized float images (N, 3, H, W) on any device.
 
-        The fit runs on the CPU in float64 (MPS has no float64, and eigh there is unsupported), then the
-        filters move to this layer's device and dtype.
-        """
-        p = self.patch
-        patches = images.detach().to("cpu", torch.float64).unfold(2, p, 1).unfold(3, p, 1)  # (N, 3, H-p+1, W-p+1, p, p)
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * p * p)  # rows in conv-weight order
-        cov = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
-        filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, 3, p, p)
-        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias)
+    The filters are the eigenvectors of the training patches' covariance, each scaled by 1/sqrt of its
+    eigenvalue, plus their negatives (so the GELU after it drops no direction). The fit runs on the CPU in
+    float64 (MPS has no float64, and eigh there is unsupported), then the filters move to the conv's device.
+    """
+    p = conv.kernel_size[0]
+    patches = images.detach().to("cpu", torch.float64).unfold(2, p, 1).unfold(3, p, 1)  # (N, 3, H-p+1, W-p+1, p, p)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * p * p)  # rows in conv-weight order
+    cov = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, 3, p, p)
+    conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
 
 
 class FastNet(nn.Module):
@@ -123,14 +124,14 @@ class FastNet(nn.Module):
     def __init__(self, config: FastConfig) -> None:
         super().__init__()
         self.config = config
-        self.whiten = Whiten(config.patch)
+        self.whiten = whitening_conv(config.patch)
         widths = (self.whiten.bias.numel(), *config.widths)
-        self.stages = nn.Sequential(*[PoolStage(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
+        self.stages = nn.Sequential(*[PoolStage(a, b, config.depth) for a, b in zip(widths[:-1], widths[1:], strict=True)])
         self.linear = nn.Linear(widths[-1], config.num_classes, bias=False)
 
     def fit_to_data(self, images: torch.Tensor) -> None:
         """Data-dependent initialisation from normalized training images: the whitening filters."""
-        self.whiten.fit(images)
+        fit_whitening(self.whiten, images)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, H, W) -> logits (B, num_classes); H, W >= 2 ** len(widths) + patch - 1.

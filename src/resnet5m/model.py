@@ -47,6 +47,8 @@ ARCHS: dict[str, ArchConfig] = {
     "seed": ResNetConfig(blocks=(5, 4, 3), widths=(64, 128, 256)),
     "tiny": ResNetConfig(blocks=(1, 1, 1), widths=(16, 32, 64)),
     "fast": FastConfig(widths=(64, 256, 256)),
+    # The fast net's design grown towards airbench96 (two convs per residual branch) and kept under 5M.
+    "best": FastConfig(widths=(128, 256, 320), depth=2),
 }
 
 

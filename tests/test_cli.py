@@ -101,6 +101,9 @@ def test_bad_input_gives_one_line(tmp_path, cifar_dir, capsys, make, argv_extra,
     assert message in err and err.startswith("resnet5m: error:") and len(err.splitlines()) == 1
 
 
+UNKNOWN_FATS = "unknown arch 'fats'; choose one of: seed, tiny, fast, best, or a spec such as resnet:5,4,3@64,128,256"
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -119,7 +122,7 @@ def test_unknown_arch_is_named_with_the_choices(tmp_path, capsys, argv):
     argv = [a.format(pt=tmp_path / "w.pt", ts=tmp_path / "w.ts") for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err == "resnet5m: error: unknown arch 'fats'; choose one of: seed, tiny, fast\n"
+    assert err == f"resnet5m: error: {UNKNOWN_FATS}\n"
 
 
 def test_unknown_arch_in_the_benchmarks(capsys):
@@ -127,7 +130,7 @@ def test_unknown_arch_in_the_benchmarks(capsys):
 
     assert bench.main(["pipeline", "--arch", "fats"]) == 2
     assert bench.main(["time-to-accuracy", "--arch", "fats"]) == 2
-    line = "resnet5m.bench: error: unknown arch 'fats'; choose one of: seed, tiny, fast"
+    line = f"resnet5m.bench: error: {UNKNOWN_FATS}"
     assert capsys.readouterr().err.splitlines() == [line, line]
 
 

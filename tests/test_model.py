@@ -54,11 +54,12 @@ def test_macs_count_matches_a_hand_count():
     assert macs_per_image(model) == stem + block + 8 * 10
 
 
-def test_folded_batchnorm_gives_the_same_logits():
+@pytest.mark.parametrize("arch", ["tiny", "bottleneck:1,2@8,16"])
+def test_folded_batchnorm_gives_the_same_logits(arch):
     from resnet5m.model import fold_batchnorm
 
     torch.manual_seed(0)
-    model = build_model("tiny")
+    model = build_model(arch)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
@@ -167,3 +168,101 @@ def test_fast_net_compiled_under_bf16_autocast_has_finite_gradients():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.stages[0].conv.weight.grad.abs().sum() > 0  # the gradient reaches the first stage
+
+
+# --- arch specs, bottleneck blocks, analytic costs -------------------------------------------------
+def test_seed_is_a_name_for_its_spec_and_keeps_the_original_keys():
+    from resnet5m.model import ARCHS, arch_name, get_config, parse_spec
+
+    spec = "resnet:5,4,3@64,128,256"
+    assert ARCHS["seed"] == parse_spec(spec) == get_config(spec) and ARCHS["seed"].spec == spec
+    assert arch_name(get_config(spec)) == "seed"
+    assert set(build_model(spec).state_dict()) == set(build_model("seed").state_dict())
+    assert ARCHS["seed"].to_dict()["block"] == "basic"
+
+
+def test_bottleneck_spec_builds_torchvision_style_blocks():
+    from resnet5m.model import get_config
+
+    config = get_config("bottleneck:2,1@8,16")
+    assert config.block == "bottleneck" and config.spec == "bottleneck:2,1@8,16"
+    model = build_model(config).eval()
+    sd = model.state_dict()
+    assert sd["layer1.0.conv1.weight"].shape == (8, 8, 1, 1) and sd["layer1.0.conv3.weight"].shape == (32, 8, 1, 1)
+    assert sd["layer1.0.shortcut.0.weight"].shape == (32, 8, 1, 1)  # the stem's 8 channels grow to 4 x 8
+    assert "layer1.1.shortcut.0.weight" not in sd and sd["linear.weight"].shape == (10, 64)
+    assert model.layer2[0].conv2.stride == (2, 2)  # the 3x3 conv strides, as in torchvision's ResNet-50 (v1.5)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert infer_config(sd) == config
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["resnet:5,4@64", "resnet:5,0,3@64,128,256", "resnet:1,1@16,-32", "resnet:a,b@c,d", "resnet:1,2", "resnet:",
+     "widenet:1,1@16,32", "resnet:1@"],
+)  # fmt: skip
+def test_bad_specs_are_one_line_with_an_example(spec):
+    from resnet5m.model import get_config
+
+    with pytest.raises(UserError) as info:
+        get_config(spec)
+    message = str(info.value)
+    assert message.startswith(f"bad arch spec '{spec}'") and "e.g. resnet:5,4,3@64,128,256" in message
+    assert "\n" not in message
+
+
+def test_unknown_names_mention_specs():
+    with pytest.raises(UserError, match=r"choose one of: seed, tiny, fast, best, or a spec such as resnet:5,4,3@64,128,256$"):
+        build_model("resnet99")
+
+
+def test_specs_keep_the_five_million_guard():
+    with pytest.raises(UserError, match="5,000,000 limit"):
+        build_model("bottleneck:3,4,6@64,128,256")  # ResNet-50's stages at CIFAR widths: 8.5M
+    assert count_params(build_model("resnet:2,2,2,2@64,128,256,512", allow_over_limit=True)) == 11_173_962
+
+
+def test_block_is_saved_and_old_files_load_as_basic():
+    from resnet5m.model import config_from_dict, get_config
+
+    config = get_config("bottleneck:1,1@8,16")
+    assert config.to_dict()["block"] == "bottleneck" and config_from_dict(config.to_dict()) == config
+    old = {"kind": "resnet", "blocks": [1, 1], "widths": [8, 16], "num_classes": 10}  # saved before `block`
+    assert config_from_dict(old).block == "basic"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["resnet:5,4,3@64,128,256", "resnet:1,2,1,3@32,64,64,128", "resnet:2@24", "bottleneck:1,2,1@16,32,64",
+     "bottleneck:2,1,1,2@8,16,32,32", "bottleneck:1,1,1,1,1@8,8,16,16,32"],
+)  # fmt: skip
+def test_analytic_costs_match_the_built_model(spec):
+    from resnet5m.model import get_config, resnet_macs, resnet_params
+
+    config = get_config(spec)
+    model = build_model(config, allow_over_limit=True)
+    assert resnet_params(config) == count_params(model)
+    for size in (32, 24, 17):  # odd sizes: stride-2 convs round up
+        assert resnet_macs(config, size) == macs_per_image(model, size)
+
+
+def test_safe_name_makes_a_plain_folder_name():
+    from resnet5m.model import safe_name
+
+    assert safe_name("resnet:5,4,3@64,128,256") == "resnet_5-4-3_64-128-256"
+    assert safe_name("bottleneck:3,4,6@64,128,256") == "bottleneck_3-4-6_64-128-256" and safe_name("seed") == "seed"
+
+
+def test_a_spec_trains_from_the_cli_and_evaluates_without_arch(cifar_dir, tmp_path, capsys):
+    import json
+
+    from resnet5m.cli import main
+
+    spec = "resnet:1,1@16,32"
+    argv = ["train", "--arch", spec, "--epochs", "1", "--subset", "200", "--val-size", "100", "--data-dir", str(cifar_dir)]
+    assert main(argv + ["--out", str(tmp_path), "--quiet"]) == 0
+    (weights,) = tmp_path.glob("resnet5m_*.pt")
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", str(weights), "--data-dir", str(cifar_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["arch"] == spec and out["n"] == 200

@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network, with checkpoints and resume")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    from .design import add_design_arguments, cmd_design
+
+    p = sub.add_parser("design", help="every ResNet shape under the parameter budget: parameters, multiply-adds, front")
+    add_design_arguments(p)
+    p.set_defaults(func=cmd_design)
     return parser
 
 

@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 
 from .data import CLASSES
 from .evaluate import EvalResult
+from .model import PARAM_LIMIT
 
 ORIGINAL_ACCURACY = 0.9294  # the original project's reported CIFAR-10 test accuracy for the seed network
 MISTAKE = "#d62728"
@@ -255,3 +256,51 @@ def per_class_table(per_class: Mapping[str, float] | Mapping[str, Mapping[str, f
         cells = "".join(f"{100 * accs.get(c, float('nan')):.1f}".rjust(width + 2) for accs in runs.values())
         lines.append(c.ljust(12) + cells)
     return "\n".join(lines)
+
+
+# --- architecture search --------------------------------------------------------------------------
+REFERENCE_STYLE = {"original": ("*", MISTAKE), "ResNet-18": ("D", "black")}  # note -> (marker, colour)
+
+
+def _references(ax, rows: Sequence[Mapping], x: str, y: str, y_scale: float = 1e6, label_spec: bool = True) -> None:
+    """Mark the rows with a reference note (the original, ResNet-18) with their own marker, in the legend by note."""
+    for row in rows:
+        marker, color = REFERENCE_STYLE.get(row.get("note") or "", (None, None))
+        if marker:
+            point = (row[x] / 1e6, row[y] / y_scale)
+            ax.scatter(*point, marker=marker, s=140, color=color, zorder=5, label=row["note"])
+            if label_spec:
+                ax.annotate(row["spec"], point, textcoords="offset points", xytext=(6, -12), fontsize=7)
+
+
+def plot_design_map(rows: Sequence[Mapping], *, max_params: float = PARAM_LIMIT, save: str | os.PathLike | None = None) -> Figure:
+    """Parameters against multiply-adds per 32x32 image for every shape of a design map (`resnet5m design`).
+
+    rows: dicts with spec, params, macs, front (bool) and note ('original', 'ResNet-18' or ''), as
+    design.design_map returns them. The front (most parameters per log-spaced multiply-add bin, see design.py)
+    is drawn as a line; the original and ResNet-18 are marked; the dashed line is the parameter budget.
+    """
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    if not rows:
+        _empty(fig, "no shapes")
+        return _finish(fig, save)
+    ax = fig.add_subplot()
+    macs = np.array([r["macs"] for r in rows]) / 1e6
+    params = np.array([r["params"] for r in rows]) / 1e6
+    ax.scatter(macs, params, s=2, color="0.7", alpha=0.3, rasterized=True, label=f"{len(rows):,} shapes")
+    front = sorted((r for r in rows if r.get("front")), key=lambda r: r["macs"])
+    ax.plot([r["macs"] / 1e6 for r in front], [r["params"] / 1e6 for r in front], "o-", color="C0", markersize=4,
+            label="front: most parameters per multiply-add bin")  # fmt: skip
+    for r in front:
+        if r.get("images_per_s"):  # measured with --measure
+            ax.annotate(f"{r['images_per_s']:.0f} img/s", (r["macs"] / 1e6, r["params"] / 1e6), textcoords="offset points",
+                        xytext=(0, 6), fontsize=7, ha="center", color="C0")  # fmt: skip
+    _references(ax, rows, "macs", "params")
+    ax.axhline(max_params / 1e6, color="black", linestyle="--", linewidth=1, label=f"budget {max_params / 1e6:g}M")
+    ax.set_xscale("log")
+    ax.set_xlabel("multiply-adds per 32x32 image (M, log scale)")
+    ax.set_ylabel("parameters (M)")
+    ax.set_title("ResNet shapes: parameters against compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    return _finish(fig, save)

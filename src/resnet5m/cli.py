@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("design", help="every ResNet shape under the parameter budget: parameters, multiply-adds, front")
     add_design_arguments(p)
     p.set_defaults(func=cmd_design)
+
+    from .sweep import add_sweep_arguments, cmd_sweep
+
+    p = sub.add_parser("sweep", help="train candidate shapes on an equal small budget and rank them on validation")
+    add_sweep_arguments(p)
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

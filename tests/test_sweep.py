@@ -1,0 +1,109 @@
+"""The sweep: equal-budget training of candidates, ranked on validation; skips finished ones, resumes cut ones."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+from resnet5m import plots
+from resnet5m.checkpoint import load_weights
+from resnet5m.cli import main
+from resnet5m.errors import UserError
+from resnet5m.model import ARCHS
+from resnet5m.runfolder import CHECKPOINT
+from resnet5m.sweep import SWEEP_COLUMNS, candidate_config, read_specs, sweep, top_specs
+from resnet5m.train import Trainer
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPECS = ["resnet:1,1@16,32", "bottleneck:1,1@8,16"]
+BUDGET = {"subset": 200, "val_size": 100, "batch_size": 100}
+
+
+def sweep_argv(specs: Path, cifar_dir: Path, out: Path, epochs: int = 1) -> list[str]:
+    return ["sweep", "--specs", str(specs), "--epochs", str(epochs), "--subset", "200", "--val-size", "100",
+            "--batch-size", "100", "--size", "16", "--data-dir", str(cifar_dir), "--out", str(out)]  # fmt: skip
+
+
+def progress(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("[")]
+
+
+def test_sweep_ranks_writes_csv_and_plot_then_skips_finished_runs(cifar_dir, tmp_path, capsys):
+    specs = tmp_path / "specs.txt"
+    specs.write_text("# tiny candidates\n" + "\n".join(f"{s}   # a comment" for s in SPECS) + "\n\n")
+    out = tmp_path / "sweep"
+    assert main(sweep_argv(specs, cifar_dir, out)) == 0
+    lines = progress(capsys.readouterr().out)
+    assert [line.split()[:2] for line in lines] == [["[1/2]", SPECS[0]], ["[2/2]", SPECS[1]]]
+    assert all(line.endswith("trained") for line in lines)
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == SWEEP_COLUMNS and {r["spec"] for r in rows} == set(SPECS)
+    accs = [float(r["val_acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True) and all(float(r["seconds"]) > 0 for r in rows)
+    assert (out / "sweep.png").read_bytes()[:8] == PNG_MAGIC
+    weights = sorted(out.glob("*/resnet5m_*.pt"))
+    assert [p.parent.name for p in weights] == ["bottleneck_1-1_8-16", "resnet_1-1_16-32"]
+    saved = load_weights(weights[0])
+    assert saved.meta["recipe"]["test"] is False and "test_acc" not in saved.meta["metrics"]  # the test split is never read
+    assert saved.meta["recipe"]["progressive"] == "16:1" and saved.meta["history"][0]["size"] == 16
+
+    stamps = [p.stat().st_mtime_ns for p in weights]
+    assert main(sweep_argv(specs, cifar_dir, out)) == 0
+    again = progress(capsys.readouterr().out)
+    assert all(line.endswith("done before") for line in again) and len(again) == 2
+    assert [p.stat().st_mtime_ns for p in weights] == stamps
+    with open(out / "sweep.csv") as f:
+        assert list(csv.DictReader(f)) == rows  # re-read from the weights files, the same rows
+
+    with pytest.raises(UserError, match="trained with another recipe .*epochs"):
+        sweep(SPECS, out, epochs=2, size=16, data_dir=str(cifar_dir), **BUDGET)
+
+
+def test_an_interrupted_candidate_resumes(cifar_dir, tmp_path, capsys):
+    cfg = candidate_config(SPECS[0], tmp_path, epochs=2, size=32, data_dir=str(cifar_dir), **BUDGET)
+    first = Trainer(cfg)  # epoch 1 of 2 done and checkpointed, then the process "dies"
+    first.history.append(first.one_epoch())
+    first.epoch += 1
+    first.save_checkpoint()
+    capsys.readouterr()
+    (row,) = sweep([SPECS[0]], tmp_path, epochs=2, data_dir=str(cifar_dir), **BUDGET)
+    assert progress(capsys.readouterr().out)[0].endswith("resumed")
+    (weights,) = (tmp_path / "resnet_1-1_16-32").glob("resnet5m_*.pt")
+    history = load_weights(weights).meta["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and row["val_acc"] == history[-1]["val_acc"]
+    assert (tmp_path / "resnet_1-1_16-32" / CHECKPOINT).is_file()
+
+
+def test_bad_candidates_fail_before_any_training(cifar_dir, tmp_path):
+    with pytest.raises(UserError, match="bad arch spec 'resnet:1@8,8'"):
+        sweep(["resnet:1,1@8,16", "resnet:1@8,8"], tmp_path, data_dir=str(cifar_dir))
+    with pytest.raises(UserError, match="5,000,000 limit"):
+        sweep(["resnet:2,2,2,2@64,128,256,512"], tmp_path, data_dir=str(cifar_dir))
+    with pytest.raises(UserError, match="listed twice"):
+        sweep(["resnet:1,1@8,16", "resnet:1, 1@8, 16"], tmp_path, data_dir=str(cifar_dir))
+    with pytest.raises(UserError, match="--val-size must be >= 1"):
+        sweep(["resnet:1,1@8,16"], tmp_path, val_size=0)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(UserError, match="lists no specs"):
+        read_specs(tmp_path / "empty.txt")
+
+
+def test_top_k_is_the_original_and_front_shapes():
+    specs = top_specs(3)
+    assert specs[0] == ARCHS["seed"].spec and len(specs) == 4
+
+
+def test_plot_sweep_highlights_the_original(tmp_path):
+    rows = [
+        {"spec": "resnet:5,4,3@64,128,256", "params": 4_771_146, "macs": 874e6, "val_acc": 0.8, "note": "original"},
+        {"spec": "resnet:1,1,2@64,320,320", "params": 4_999_370, "macs": 608e6, "val_acc": 0.82, "note": ""},
+    ]
+    fig = plots.plot_sweep(rows, save=tmp_path / "s.png")
+    assert isinstance(fig, Figure) and (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
+    assert "original" in fig.axes[0].get_legend_handles_labels()[1]
+    assert isinstance(plots.plot_sweep([]), Figure)

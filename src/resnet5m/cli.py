@@ -39,27 +39,20 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from .data import load_split
-    from .evaluate import evaluate, recipe_views
-    from .formats import load_any
-    from .runtime import pick_device, prepare, resolve_precision
+    from .evaluate import ECE_BINS, evaluate, open_weights, recipe_views, temperature_of
+    from .runtime import resolve_precision
 
-    device = pick_device(args.device)
     weights = Path(args.weights) if args.weights else default_weights(args.arch or "seed")
-    loaded = load_any(weights, arch=args.arch)  # our .pt (fp32/fp16), int8, TorchScript or ONNX; prepare() moves it
-    if loaded.cpu_only and device.type != "cpu":  # int8 kernels and our onnxruntime session exist on the CPU only
-        if args.device != "auto":
-            raise UserError(f"{weights} is a {loaded.format} model, which runs on the CPU only; use --device cpu")
-        device = pick_device("cpu")
+    loaded, model, device = open_weights(weights, args.arch, args.device)
     images, labels = load_split(args.split, args.data_dir, download_missing=args.download)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
-    model = prepare(loaded.model, device)
     # --no-tta means one view: the recipe's shifted views only come with TTA on (an explicit --tta-shift still counts).
     shift = args.tta_shift if args.tta_shift is not None else recipe_views(loaded.meta)[1] if args.tta else 0
     precision = "fp32" if loaded.precision == "fp32" else args.precision  # graph and int8 models run as stored
     result = evaluate(
         model, images, labels, device=device, batch_size=args.batch_size, tta=args.tta, tta_shift=shift,
-        precision=precision, progress=not args.json,
+        precision=precision, progress=not args.json, temperature=temperature_of(loaded.meta),
     )  # fmt: skip
     out = {
         "arch": loaded.arch,
@@ -77,6 +70,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
             f"{args.split} accuracy  {100 * result.accuracy:.2f}% ± {100 * result.stderr:.2f} on {result.n:,} images"
             f"{result.views}; loss {result.loss:.4f}"
         )
+        scaled = f", temperature {result.temperature:.3f} (calibrated)" if result.temperature != 1 else ""
+        print(f"calibration  ECE {100 * result.ece:.2f}% ({ECE_BINS} bins){scaled}")
         print("per class  " + "  ".join(f"{name} {100 * acc:.1f}" for name, acc in result.per_class.items()))
         print(f"speed     {result.images_per_s:.0f} images/s on {device} ({out['precision']})")
     return out

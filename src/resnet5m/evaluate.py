@@ -1,9 +1,12 @@
-"""Accuracy, loss, per-class accuracy and the confusion matrix of a model on a split."""
+"""Accuracy, loss, calibration, per-class accuracy and the confusion matrix of a model on a split."""
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,13 +14,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import CLASSES, model_input
+from .errors import UserError
+from .formats import LoadedModel, load_any
 from .model import ResNet, fold_batchnorm
-from .runtime import autocast
+from .runtime import autocast, pick_device, prepare
+
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error, as in Guo et al. (2017)
 
 
 @dataclass
 class EvalResult:
-    """What one evaluation measured. `predictions` is kept for plots, not for JSON."""
+    """What one evaluation measured. `predictions`, `confidences` and `labels` are kept for plots, not for JSON.
+
+    loss is the mean cross-entropy of the true class, i.e. the negative log-likelihood (NLL), after dividing
+    the logits by `temperature`; `ece` is the expected calibration error over ECE_BINS confidence bins.
+    """
 
     accuracy: float
     loss: float
@@ -28,6 +39,10 @@ class EvalResult:
     seconds: float
     tta: bool
     tta_shift: int = 0
+    ece: float = float("nan")
+    temperature: float = 1.0
+    confidences: torch.Tensor | None = None  # top-1 softmax probability of each image
+    labels: torch.Tensor | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -49,6 +64,9 @@ class EvalResult:
             "accuracy_stderr": self.stderr,
             "n": self.n,
             "loss": self.loss,
+            "nll": self.loss,
+            "ece": self.ece,
+            "temperature": self.temperature,
             "per_class": self.per_class,
             "confusion": self.confusion,
             "tta": self.tta,
@@ -90,6 +108,69 @@ def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False, shift: 
 
 
 @torch.inference_mode()
+def batched_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 200,
+    tta: bool = False,
+    tta_shift: int = 0,
+    precision: str = "auto",
+    progress: bool = True,
+    size: int = 32,
+    desc: str = "evaluate",
+) -> tuple[torch.Tensor, float]:
+    """fp32 logits (N, classes) on the CPU for uint8 images (N, 3, 32, 32), averaged over the views; and the seconds taken."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    net = fold_batchnorm(model).to(memory_format=torch.channels_last) if isinstance(model, ResNet) else model
+    parts = []
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+        x = model_input(images[i : i + batch_size].to(device), size)
+        with autocast(device, precision):
+            parts.append(predict_logits(net, x, tta, tta_shift).float().cpu())
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    return (torch.cat(parts) if parts else torch.empty(0, len(CLASSES))), seconds
+
+
+def reliability_bins(
+    confidences: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per equal-width confidence bin (0, 1/bins], ..., (1 - 1/bins, 1]: image count, mean confidence, accuracy."""
+    confidences = confidences.double().flatten()
+    index = (confidences * bins).ceil().long().clamp(1, bins) - 1
+    counts = torch.bincount(index, minlength=bins).double()
+    mean_conf = torch.bincount(index, weights=confidences, minlength=bins) / counts.clamp(min=1)
+    accuracy = torch.bincount(index, weights=correct.double().flatten(), minlength=bins) / counts.clamp(min=1)
+    return counts, mean_conf, accuracy
+
+
+def expected_calibration_error(confidences: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """The |accuracy - mean confidence| gap of each confidence bin, weighted by its share of the images."""
+    counts, mean_conf, accuracy = reliability_bins(confidences, correct, bins)
+    return (counts * (accuracy - mean_conf).abs()).sum().item() / max(counts.sum().item(), 1)
+
+
+def temperature_of(meta: dict) -> float:
+    """The softmax temperature a weights file records (`resnet5m calibrate`); 1.0 when it records none."""
+    return float(meta.get("temperature") or 1.0)
+
+
+def open_weights(weights: str | os.PathLike, arch: str | None, device: str) -> tuple[LoadedModel, nn.Module, torch.device]:
+    """Load any weights format and place it on the device it can run on: (file, runnable model, device)."""
+    dev = pick_device(device)
+    loaded = load_any(weights, arch=arch)  # our .pt (fp32/fp16), int8, TorchScript or ONNX; prepare() moves it
+    if loaded.cpu_only and dev.type != "cpu":  # int8 kernels and our onnxruntime session exist on the CPU only
+        if device != "auto":
+            raise UserError(f"{Path(weights)} is a {loaded.format} model, which runs on the CPU only; use --device cpu")
+        dev = pick_device("cpu")
+    return loaded, prepare(loaded.model, dev), dev
+
+
 def evaluate(
     model: nn.Module,
     images: torch.Tensor,
@@ -102,34 +183,33 @@ def evaluate(
     precision: str = "auto",
     progress: bool = True,
     size: int = 32,
+    temperature: float = 1.0,
 ) -> EvalResult:
-    """Evaluate on uint8 images (N, 3, 32, 32) with int64 labels (N,), fed to the model at size x size pixels."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    net = fold_batchnorm(model).to(memory_format=torch.channels_last) if isinstance(model, ResNet) else model
-    n = len(labels)
-    predictions = torch.empty(n, dtype=torch.int64)
-    total_loss = 0.0
-    start = time.perf_counter()
-    steps = range(0, n, batch_size)
-    for i in tqdm(steps, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        x = model_input(images[i : i + batch_size].to(device), size)
-        y = labels[i : i + batch_size].to(device)
-        with autocast(device, precision):
-            logits = predict_logits(net, x, tta, tta_shift).float()
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        predictions[i : i + batch_size] = logits.argmax(1).cpu()
-    seconds = time.perf_counter() - start
-    model.train(was_training)
+    """Evaluate on uint8 images (N, 3, 32, 32) with int64 labels (N,), fed to the model at size x size pixels.
 
+    temperature divides the logits before the softmax: it changes loss and ECE, never the predictions.
+    """
+    logits, seconds = batched_logits(
+        model, images, device=device, batch_size=batch_size, tta=tta, tta_shift=tta_shift, precision=precision,
+        progress=progress, size=size,
+    )  # fmt: skip
+    return result_from_logits(logits / temperature, labels.cpu(), seconds, tta=tta, tta_shift=tta_shift, temperature=temperature)
+
+
+def result_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, seconds: float, *, tta: bool, tta_shift: int, temperature: float = 1.0
+) -> EvalResult:
+    """Every figure of an EvalResult from (already temperature-scaled) logits and the true labels."""
+    n = len(labels)
+    confidences, predictions = logits.softmax(1).max(1)
+    correct = predictions == labels
     k = len(CLASSES)
-    confusion = torch.bincount(labels.cpu() * k + predictions, minlength=k * k).view(k, k)
+    confusion = torch.bincount(labels * k + predictions, minlength=k * k).view(k, k)
     support = confusion.sum(1).clamp(min=1)
     per_class = (confusion.diag().double() / support).tolist()
     return EvalResult(
-        accuracy=(predictions == labels.cpu()).double().mean().item() if n else float("nan"),
-        loss=total_loss / max(n, 1),
+        accuracy=correct.double().mean().item() if n else float("nan"),
+        loss=F.cross_entropy(logits, labels, reduction="sum").item() / max(n, 1),
         n=n,
         per_class=dict(zip(CLASSES, per_class, strict=True)),
         confusion=confusion.tolist(),
@@ -137,4 +217,8 @@ def evaluate(
         seconds=seconds,
         tta=tta,
         tta_shift=tta_shift,
+        ece=expected_calibration_error(confidences, correct) if n else math.nan,
+        temperature=temperature,
+        confidences=confidences,
+        labels=labels,
     )

@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish_arguments(p)
     p.set_defaults(func=cmd_publish)
 
+    from .predict import add_predict_arguments, cmd_predict
+
+    p = sub.add_parser("predict", help="classify your own images: files, folders, globs, arrays, CIFAR-style pickles")
+    add_predict_arguments(p)
+    p.set_defaults(func=cmd_predict)
+
     from .config import add_train_arguments
     from .train import cmd_train
 

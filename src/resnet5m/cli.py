@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_arguments(p)
     p.set_defaults(func=cmd_predict)
 
+    from .calibration import add_calibrate_arguments, cmd_calibrate
+
+    p = sub.add_parser("calibrate", help="fit a softmax temperature on the validation split and write a calibrated copy")
+    add_calibrate_arguments(p)
+    p.set_defaults(func=cmd_calibrate)
+
     from .config import add_train_arguments
     from .train import cmd_train
 

@@ -1,4 +1,5 @@
-"""Figures and small text tables for the notebook: training curves, confusion, per-class accuracy, predictions.
+"""Figures and small text tables for the notebook: training curves, confusion, per-class accuracy, predictions,
+calibration, robustness and Grad-CAM.
 
 Every plot builds a standalone `matplotlib.figure.Figure` (no pyplot state, so nothing piles up in
 tests or scripts and no GUI backend is needed) and returns it; `save=PATH` also writes a PNG.
@@ -17,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
 from .data import CLASSES
-from .evaluate import EvalResult
+from .evaluate import ECE_BINS, EvalResult, reliability_bins
 from .model import PARAM_LIMIT
 
 ORIGINAL_ACCURACY = 0.9294  # the original project's reported CIFAR-10 test accuracy for the seed network
@@ -328,4 +329,40 @@ def plot_sweep(rows: Sequence[Mapping], *, save: str | os.PathLike | None = None
     if any(r.get("note") for r in rows):
         axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("sweep: validation accuracy of each candidate")
+    return _finish(fig, save)
+
+
+# --- calibration ----------------------------------------------------------------------------------
+def plot_reliability(
+    results: EvalResult | Mapping[str, EvalResult], *, bins: int = ECE_BINS, save: str | os.PathLike | None = None
+) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, with the share of images in each.
+
+    results: an EvalResult (it keeps each image's confidence), or {label: result} to compare, e.g. before and
+    after calibration. A perfectly calibrated model follows the diagonal; bars below it mean overconfidence.
+    """
+    runs = _runs(results, lambda r: isinstance(r, EvalResult))
+    fig = Figure(figsize=(6 + 3 * (len(runs) - 1), 6.5), layout="constrained")
+    axes = fig.subplots(2, len(runs), squeeze=False, sharex=True, height_ratios=(3, 1))
+    edges = np.linspace(0, 1, bins + 1)
+    for col, (label, result) in enumerate(runs.items()):
+        if result.confidences is None or result.labels is None:
+            raise ValueError("this EvalResult keeps no confidences: make it with evaluate()")
+        correct = result.predictions == result.labels
+        counts, mean_conf, accuracy = (t.numpy() for t in reliability_bins(result.confidences, correct, bins))
+        ax, hist = axes[0, col], axes[1, col]
+        filled = counts > 0
+        ax.bar(edges[:-1][filled], accuracy[filled], width=1 / bins, align="edge", edgecolor="black", label="accuracy")
+        ax.bar(edges[:-1][filled], (mean_conf - accuracy)[filled], bottom=accuracy[filled], width=1 / bins, align="edge",
+               color=MISTAKE, alpha=0.3, edgecolor=MISTAKE, label="gap to confidence")  # fmt: skip
+        ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
+        name = f"{label}: " if label else ""
+        ax.set_title(f"{name}ECE {100 * result.ece:.2f}%, T = {result.temperature:.3g}")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper left", fontsize=8)
+        hist.bar(edges[:-1], counts / max(counts.sum(), 1), width=1 / bins, align="edge", color="gray")
+        hist.set_xlabel("confidence (top-1 probability)")
+        hist.set_ylabel("share")
     return _finish(fig, save)

@@ -1,4 +1,4 @@
-"""The `resnet5m` command line: info, evaluate, export, publish, train."""
+"""The `resnet5m` command line: info, evaluate, predict, calibrate, robustness, export, publish, train, design, sweep."""
 
 from __future__ import annotations
 
@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="fit a softmax temperature on the validation split and write a calibrated copy")
     add_calibrate_arguments(p)
     p.set_defaults(func=cmd_calibrate)
+
+    from .robustness import add_robustness_arguments, cmd_robustness
+
+    p = sub.add_parser("robustness", help="test accuracy under generated corruptions (noise, blur, JPEG, ...), 5 severities each")
+    add_robustness_arguments(p)
+    p.set_defaults(func=cmd_robustness)
 
     from .config import add_train_arguments
     from .train import cmd_train

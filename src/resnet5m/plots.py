@@ -366,3 +366,28 @@ def plot_reliability(
         hist.set_xlabel("confidence (top-1 probability)")
         hist.set_ylabel("share")
     return _finish(fig, save)
+
+
+# --- robustness -----------------------------------------------------------------------------------
+def plot_robustness(result: Mapping | Mapping[str, Mapping], *, save: str | os.PathLike | None = None) -> Figure:
+    """Accuracy against severity, one line per corruption, the clean accuracy at severity 0.
+
+    result: what `resnet5m robustness --json` prints (robustness.robustness()), or {label: result} to compare
+    weights, one panel each.
+    """
+    runs = _runs(result, lambda r: "per_corruption" in r)
+    fig = Figure(figsize=(6 * len(runs), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(runs), squeeze=False, sharey=True)[0]
+    for ax, (label, run) in zip(axes, runs.items(), strict=True):
+        for i, (name, accs) in enumerate(run["per_corruption"].items()):
+            marker = "os^vD<>ph"[i % 9]  # ten corruptions would share colours; markers keep them apart
+            ax.plot(range(len(accs) + 1), [100 * run["clean"]] + [100 * a for a in accs], marker=marker, label=name)
+        mean = 100 * run["mean_corruption_accuracy"]
+        ax.axhline(mean, color="black", linestyle=":", label=f"mean over corruptions {mean:.1f}%")
+        ax.set_title(f"{label + ': ' if label else ''}clean {100 * run['clean']:.1f}%")
+        ax.set_xlabel("severity (0: clean)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _finish(fig, save)

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike
 
 from .data import CLASSES
 from .evaluate import ECE_BINS, EvalResult, reliability_bins
+from .gradcam import Explained
 from .model import PARAM_LIMIT
 
 ORIGINAL_ACCURACY = 0.9294  # the original project's reported CIFAR-10 test accuracy for the seed network
@@ -390,4 +391,36 @@ def plot_robustness(result: Mapping | Mapping[str, Mapping], *, save: str | os.P
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _finish(fig, save)
+
+
+# --- Grad-CAM -------------------------------------------------------------------------------------
+def plot_gradcam_grid(explained: Explained, classes: Sequence[str] = CLASSES, *, save: str | os.PathLike | None = None) -> Figure:
+    """One column per image: the image, its Grad-CAM towards the predicted class, and towards the true class.
+
+    explained: gradcam.explain_mistakes(...) (or any gradcam.Explained); heatmaps are drawn over the image.
+    """
+    n = len(explained.indices)
+    fig = Figure(figsize=(1.5 * max(n, 3), 5), layout="constrained")
+    if n == 0:
+        _empty(fig, "no images to explain")
+        return _finish(fig, save)
+    axes = fig.subplots(3, n, squeeze=False)
+    pixels = _to_hwc(explained.images)
+    for j in range(n):
+        pred, true = classes[explained.predictions[j]], classes[explained.labels[j]]
+        verdict = MISTAKE if pred != true else CORRECT
+        rows = (
+            (None, f"#{explained.indices[j]}", "black"),
+            (explained.cam_predicted[j], f"pred: {pred}", verdict),
+            (explained.cam_true[j], f"true: {true}", "black"),
+        )
+        for ax, (heat, title, color) in zip(axes[:, j], rows, strict=True):
+            ax.imshow(pixels[j], interpolation="nearest")
+            if heat is not None:
+                ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            ax.set_title(title, fontsize=7, color=color)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Grad-CAM: where the network found evidence for the predicted class (middle row) and the true class (bottom)")
     return _finish(fig, save)

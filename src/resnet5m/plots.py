@@ -354,8 +354,9 @@ def plot_reliability(
         ax, hist = axes[0, col], axes[1, col]
         filled = counts > 0
         ax.bar(edges[:-1][filled], accuracy[filled], width=1 / bins, align="edge", edgecolor="black", label="accuracy")
+        # hatched, not filled: where accuracy exceeds confidence the gap overlaps the accuracy bar, and stays readable
         ax.bar(edges[:-1][filled], (mean_conf - accuracy)[filled], bottom=accuracy[filled], width=1 / bins, align="edge",
-               color=MISTAKE, alpha=0.3, edgecolor=MISTAKE, label="gap to confidence")  # fmt: skip
+               fill=False, hatch="///", edgecolor=MISTAKE, label="gap to mean confidence")  # fmt: skip
         ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
         name = f"{label}: " if label else ""
         ax.set_title(f"{name}ECE {100 * result.ece:.2f}%, T = {result.temperature:.3g}")

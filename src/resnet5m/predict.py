@@ -41,7 +41,8 @@ class Predictions:
     temperature: float
 
     @property
-    def labels(self) -> torch.Tensor:
+    def predicted(self) -> torch.Tensor:
+        """The top-1 class index of every image."""
         return self.probs.argmax(1)
 
     def top_k(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +53,7 @@ class Predictions:
         """Accuracy on the images whose input carried a label, and their count; None when none did."""
         mask = self.inputs.labelled
         n = int(mask.sum())
-        return ((self.labels[mask] == self.inputs.labels[mask]).double().mean().item(), n) if n else None
+        return ((self.predicted[mask] == self.inputs.labels[mask]).double().mean().item(), n) if n else None
 
 
 def predict(
@@ -110,7 +111,7 @@ def write_csv(pred: Predictions, path: Path, labels: str = "index", probs: bool 
     with staged(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ID", "Labels"] + (list(CLASSES) if probs else []))
-        for i, (label, row) in enumerate(zip(pred.labels.tolist(), pred.probs.tolist(), strict=True)):
+        for i, (label, row) in enumerate(zip(pred.predicted.tolist(), pred.probs.tolist(), strict=True)):
             cells = [f"{p:.6f}" for p in row] if probs else []
             writer.writerow([pred.inputs.ids[i], CLASSES[label] if labels == "name" else label, *cells])
 

@@ -42,6 +42,16 @@ def test_info_prints_the_seed_parameter_count(capsys):
     assert info["params"] == 4_771_146 and info["macs_per_image"] > 800e6 and 9 < info["fp16_mb"] < 10
 
 
+def test_info_takes_specs_and_names_a_bottleneck(capsys):
+    assert main(["info", "--arch", "resnet:5,4,3@64,128,256"]) == 0
+    basic = capsys.readouterr().out.splitlines()[0]
+    assert basic.endswith("(blocks [5, 4, 3], widths [64, 128, 256])")  # the default block goes unsaid
+    info = run_json(capsys, ["info", "--arch", "bottleneck:1,1@8,16", "--json"])
+    assert info["config"]["block"] == "bottleneck" and info["arch"] == "bottleneck:1,1@8,16"
+    assert main(["info", "--arch", "bottleneck:1,1@8,16"]) == 0
+    assert "block bottleneck" in capsys.readouterr().out
+
+
 def test_evaluate_original_format_json(tmp_path, cifar_dir, capsys):
     torch.save(randomized(OriginalResNet()).state_dict(), tmp_path / "orig.pt")
     out = run_json(capsys, ["evaluate", "--weights", str(tmp_path / "orig.pt"), "--data-dir", str(cifar_dir), "--json"])

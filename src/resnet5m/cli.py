@@ -29,7 +29,10 @@ def cmd_info(args: argparse.Namespace) -> dict:
         "macs_per_image": macs_per_image(model),
     }
     if not args.json:
-        shape = ", ".join(f"{k} {v}" for k, v in info["config"].items() if k not in ("kind", "num_classes"))
+        shown = {k: v for k, v in info["config"].items() if k not in ("kind", "num_classes")}
+        if shown.get("block") == "basic":  # the default goes unsaid: a BasicBlock net's line reads as it did before specs
+            del shown["block"]
+        shape = ", ".join(f"{k} {v}" for k, v in shown.items())
         print(f"arch            {info['arch']}  ({shape})")
         print(f"parameters      {params:,}")
         print(f"size fp32/fp16  {info['fp32_mb']} MB / {info['fp16_mb']} MB")

@@ -320,3 +320,11 @@ def test_short_ema_run_is_not_the_initialisation(cifar_dir, tmp_path):
     # Without the warm-up this average is ~99% the random init and validates at chance (0.09 here). It is not
     # always above the raw weights on this toy problem (its BN statistics lag), so the margin is loose.
     assert history[-1]["val_acc"] > 0.4 and history[-1]["val_acc"] >= raw - 0.1
+
+
+def test_spec_archs_get_file_safe_run_folders_and_weights_names():
+    from resnet5m.config import weights_name
+
+    assert TrainConfig(arch="resnet:1,1@16,32").out == "runs/resnet_1-1_16-32"
+    assert TrainConfig(arch="fast").out == "runs/fast" and weights_name("seed") == "resnet5m_seed.pt"
+    assert weights_name("bottleneck:3,4,6@48,96,192") == "resnet5m_bottleneck_3-4-6_48-96-192.pt"

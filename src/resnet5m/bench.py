@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TextIO
 
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from . import augment
 from .argtypes import fraction, positive_int
 from .checkpoint import load_weights
-from .config import command_line, recipe
+from .config import command_line, recipe, weights_name
 from .data import DATA_DIR_HELP, model_input
 from .errors import UserError
 from .model import build_model
@@ -114,7 +115,7 @@ def time_to_accuracy(arch: str, target: float, seed: int, data_dir: str | None, 
             history = train(cfg)
         log.flush()
         wall = time.perf_counter() - start
-        metrics = load_weights(f"{cfg.out}/resnet5m_{arch}.pt").meta["metrics"]
+        metrics = load_weights(Path(cfg.out) / weights_name(arch)).meta["metrics"]
     train_seconds = sum(row["seconds"] for row in history)
     images = sum(row["seconds"] * row["images_per_s"] for row in history)
     reached = metrics["test_acc"] >= target

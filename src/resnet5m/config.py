@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from .data import DATA_DIR_HELP
 from .errors import UserError
 from .fastnet import FastConfig
-from .model import get_config
+from .model import get_config, safe_name
 
 
 def _f(default, help: str):  # noqa: A002 - mirrors argparse's name
@@ -19,7 +19,7 @@ def _f(default, help: str):  # noqa: A002 - mirrors argparse's name
 class TrainConfig:
     """Every knob of a run; each field is also a `resnet5m train` flag. Defaults are the seed recipe."""
 
-    arch: str = _f("seed", "architecture name")
+    arch: str = _f("seed", "architecture: a name (seed, fast, best, tiny) or a spec such as resnet:5,4,3@64,128,256")
     epochs: int = _f(30, "number of epochs")
     batch_size: int = _f(256, "global batch size (split across ranks under torchrun)")
     lr: float = _f(0.2, "peak learning rate")
@@ -64,7 +64,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.out:  # one folder per arch, so a run of another arch does not find this one's checkpoint
-            self.out = f"runs/{self.arch}"
+            self.out = f"runs/{safe_name(self.arch)}"
 
 
 # Per-architecture recipes: the fields where `resnet5m train --arch NAME` departs from the defaults above.
@@ -106,6 +106,11 @@ PRESETS: dict[str, dict] = {
         "tta_shift": 1,
     },
 }
+
+
+def weights_name(arch: str) -> str:
+    """The file name `resnet5m train` gives a run's final weights: resnet5m_<arch>.pt, a spec made file-safe."""
+    return f"resnet5m_{safe_name(arch)}.pt"
 
 
 def recipe(arch: str = "seed", **overrides) -> TrainConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import sha256_of
-from .config import TrainConfig
+from .config import TrainConfig, weights_name
 from .data import ENV_VAR as DATA_ENV
 from .errors import UserError
 from .runfolder import CHECKPOINT
@@ -371,7 +371,7 @@ def notebook_train_config(
 
 def run_weights_path(cfg: TrainConfig) -> Path:
     """The final weights file that `train(cfg)` writes into its run folder."""
-    return Path(cfg.out) / f"resnet5m_{cfg.arch}.pt"
+    return Path(cfg.out) / weights_name(cfg.arch)
 
 
 def notebook_run_config(

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import augment
 from .checkpoint import save_weights
-from .config import TrainConfig, check_config, command_line, config_from_args, parse_progressive
+from .config import TrainConfig, check_config, command_line, config_from_args, parse_progressive, weights_name
 from .data import load_split, model_input
 from .errors import UserError
 from .evaluate import evaluate, views_text
@@ -444,7 +444,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         if trainer.dist.main:
             print(f"test accuracy {100 * acc:.2f}% on {n:,} images{views_text(cfg.tta, cfg.tta_shift)}", flush=True)
     if trainer.dist.main:
-        path = trainer.out / f"resnet5m_{cfg.arch}.pt"
+        path = trainer.out / weights_name(cfg.arch)
         extra = {
             "command": command_line(cfg),
             "seed": cfg.seed,

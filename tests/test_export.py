@@ -233,7 +233,8 @@ def whitened_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         model = build_model(arch)
         model.fit_to_data(torch.randn(64, 3, 32, 32))
         paths[arch] = tmp_path_factory.mktemp(arch) / f"resnet5m_{arch}.pt"
-        save_weights(paths[arch], randomized(model), arch)
+        recipe = {"tta": True, "tta_shift": 1}  # as the fast preset validates; an export must keep it
+        save_weights(paths[arch], randomized(model), arch, recipe=recipe, extra={"temperature": 0.5})
     return paths
 
 
@@ -245,6 +246,7 @@ def test_whitened_nets_export_in_every_format(arch, fmt, whitened_weights, data_
     result = _export(whitened_weights[arch], fmt, tmp_path / f"{arch}{ex.SUFFIXES[fmt]}", capsys, data_dir)
     evaluated = _evaluate(tmp_path / f"{arch}{ex.SUFFIXES[fmt]}", capsys, data_dir)
     assert evaluated["arch"] == arch and evaluated["format"] == fmt and evaluated["n"] == N_TEST
+    assert evaluated["tta_shift"] == 1 and evaluated["temperature"] == 0.5  # the source's views and temperature
     if fmt != "int8":  # int8 is compared to fp32 by its own agreement figure, below
         assert result["max_abs_diff"] <= (ex.GRAPH_TOLERANCE if fmt in ("torchscript", "onnx") else 0.05)
     assert result["top1_agreement"] >= (0.75 if fmt == "int8" else 1.0)

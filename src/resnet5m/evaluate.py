@@ -82,9 +82,15 @@ def views_text(tta: bool, shift: int) -> str:
     return f" with {' + '.join(parts)} TTA" if parts else ""
 
 
+def recorded(meta: dict, key: str) -> object:
+    """A field of the training run's metadata: at a file's top level, or in an export's record of its source."""
+    value = meta.get(key)
+    return value if value is not None else (meta.get("export") or {}).get(key)
+
+
 def recipe_views(meta: dict) -> tuple[bool, int]:
     """(flip TTA, shift) that a weights file's training recipe validated with; files without one: (True, 0)."""
-    recipe = meta.get("recipe") or {}
+    recipe = recorded(meta, "recipe") or {}
     return bool(recipe.get("tta", True)), int(recipe.get("tta_shift", 0))
 
 
@@ -157,7 +163,7 @@ def expected_calibration_error(confidences: torch.Tensor, correct: torch.Tensor,
 
 def temperature_of(meta: dict) -> float:
     """The softmax temperature a weights file records (`resnet5m calibrate`); 1.0 when it records none."""
-    return float(meta.get("temperature") or 1.0)
+    return float(recorded(meta, "temperature") or 1.0)
 
 
 def open_weights(weights: str | os.PathLike, arch: str | None, device: str) -> tuple[LoadedModel, nn.Module, torch.device]:

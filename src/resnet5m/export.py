@@ -54,6 +54,9 @@ def _metadata(fmt: str, loaded: LoadedWeights, source: Path) -> dict:
         "source": source.name,
         "source_sha256": loaded.sha256,
         "metrics": loaded.meta.get("metrics", {}),
+        # The source's test-time views and temperature, so that evaluate/predict run an export as its source.
+        "recipe": loaded.meta.get("recipe"),
+        "temperature": loaded.meta.get("temperature"),
         "torch_version": str(torch.__version__),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

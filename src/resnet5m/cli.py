@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .argtypes import nonnegative_int, positive_int
@@ -109,6 +110,37 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
+def _module_commands() -> list[tuple[str, str, Callable, Callable]]:
+    """(name, help, add-arguments function, command function) of the subcommands that live in their own modules."""
+    from .calibration import add_calibrate_arguments, cmd_calibrate
+    from .config import add_train_arguments
+    from .design import add_design_arguments, cmd_design
+    from .export import add_export_arguments, cmd_export
+    from .predict import add_predict_arguments, cmd_predict
+    from .publish import add_publish_arguments, cmd_publish
+    from .robustness import add_robustness_arguments, cmd_robustness
+    from .sweep import add_sweep_arguments, cmd_sweep
+    from .train import cmd_train
+
+    return [
+        ("export", "write weights as fp16, int8, TorchScript or ONNX for small-storage deployment",
+         add_export_arguments, cmd_export),
+        ("publish", "measure weights on the test split once and write a copy that records it",
+         add_publish_arguments, cmd_publish),
+        ("predict", "classify your own images: files, folders, globs, arrays, CIFAR-style pickles",
+         add_predict_arguments, cmd_predict),
+        ("calibrate", "fit a softmax temperature on the validation split and write a calibrated copy",
+         add_calibrate_arguments, cmd_calibrate),
+        ("robustness", "test accuracy under generated corruptions (noise, blur, JPEG, ...), 5 severities each",
+         add_robustness_arguments, cmd_robustness),
+        ("train", "train a network, with checkpoints and resume", add_train_arguments, cmd_train),
+        ("design", "every ResNet shape under the parameter budget: parameters, multiply-adds, front",
+         add_design_arguments, cmd_design),
+        ("sweep", "train candidate shapes on an equal small budget and rank them on validation",
+         add_sweep_arguments, cmd_sweep),
+    ]  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet5m", description="Small ResNets for CIFAR-10.")
     parser.add_argument("--version", action=VersionAction, help="print the versions and the devices torch sees, then exit")
@@ -153,54 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
-    from .export import add_export_arguments, cmd_export
-
-    p = sub.add_parser("export", help="write weights as fp16, int8, TorchScript or ONNX for small-storage deployment")
-    add_export_arguments(p)
-    p.set_defaults(func=cmd_export)
-
-    from .publish import add_publish_arguments, cmd_publish
-
-    p = sub.add_parser("publish", help="measure weights on the test split once and write a copy that records it")
-    add_publish_arguments(p)
-    p.set_defaults(func=cmd_publish)
-
-    from .predict import add_predict_arguments, cmd_predict
-
-    p = sub.add_parser("predict", help="classify your own images: files, folders, globs, arrays, CIFAR-style pickles")
-    add_predict_arguments(p)
-    p.set_defaults(func=cmd_predict)
-
-    from .calibration import add_calibrate_arguments, cmd_calibrate
-
-    p = sub.add_parser("calibrate", help="fit a softmax temperature on the validation split and write a calibrated copy")
-    add_calibrate_arguments(p)
-    p.set_defaults(func=cmd_calibrate)
-
-    from .robustness import add_robustness_arguments, cmd_robustness
-
-    p = sub.add_parser("robustness", help="test accuracy under generated corruptions (noise, blur, JPEG, ...), 5 severities each")
-    add_robustness_arguments(p)
-    p.set_defaults(func=cmd_robustness)
-
-    from .config import add_train_arguments
-    from .train import cmd_train
-
-    p = sub.add_parser("train", help="train a network, with checkpoints and resume")
-    add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
-
-    from .design import add_design_arguments, cmd_design
-
-    p = sub.add_parser("design", help="every ResNet shape under the parameter budget: parameters, multiply-adds, front")
-    add_design_arguments(p)
-    p.set_defaults(func=cmd_design)
-
-    from .sweep import add_sweep_arguments, cmd_sweep
-
-    p = sub.add_parser("sweep", help="train candidate shapes on an equal small budget and rank them on validation")
-    add_sweep_arguments(p)
-    p.set_defaults(func=cmd_sweep)
+    for name, text, add_arguments, run in _module_commands():
+        p = sub.add_parser(name, help=text)
+        add_arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 

@@ -67,44 +67,31 @@ class TrainConfig:
             self.out = f"runs/{safe_name(self.arch)}"
 
 
+# Chosen on the validation split (--val-size 5000; docs/results.md "Fast net"); the optimizer settings follow the
+# public airbench94 recipe for a network of this shape, translated to a mean-reduced loss, at half its batch and
+# learning rate: on a CPU a 512-image step costs as much per image, and twice the steps help.
+_FAST = {
+    "epochs": 10,
+    "batch_size": 512,
+    "lr": 0.75,
+    "momentum": 0.85,
+    "weight_decay": 1.33e-3,
+    "bn_bias_lr_scale": 64.0,
+    "label_smoothing": 0.2,
+    "warmup_epochs": 2.0,
+    "crop_pad": 2,
+    "alternate_flip": True,
+    "lookahead": True,
+    "bn_momentum": 0.4,
+    "tta_shift": 1,
+}
+
 # Per-architecture recipes: the fields where `resnet5m train --arch NAME` departs from the defaults above.
 PRESETS: dict[str, dict] = {
-    # Chosen on the validation split (--val-size 5000; README "Fast net"); the optimizer settings follow the
-    # public airbench94 recipe for a network of this shape, translated to a mean-reduced loss, at half its
-    # batch and learning rate: on a CPU a 512-image step costs as much per image, and twice the steps help.
-    "fast": {
-        "epochs": 10,
-        "batch_size": 512,
-        "lr": 0.75,
-        "momentum": 0.85,
-        "weight_decay": 1.33e-3,
-        "bn_bias_lr_scale": 64.0,
-        "label_smoothing": 0.2,
-        "warmup_epochs": 2.0,
-        "crop_pad": 2,
-        "alternate_flip": True,
-        "lookahead": True,
-        "bn_momentum": 0.4,
-        "tta_shift": 1,
-    },
+    "fast": _FAST,
     # A first draft, not yet chosen on validation (docs/results.md, "Best net"): the fast recipe for a net of
     # airbench96's shape, trained 3x longer with airbench96's stronger augmentation (4-px crops, 12-px cutout).
-    "best": {
-        "epochs": 30,
-        "batch_size": 512,
-        "lr": 0.75,
-        "momentum": 0.85,
-        "weight_decay": 1.33e-3,
-        "bn_bias_lr_scale": 64.0,
-        "label_smoothing": 0.2,
-        "warmup_epochs": 2.0,
-        "crop_pad": 4,
-        "cutout": 12,
-        "alternate_flip": True,
-        "lookahead": True,
-        "bn_momentum": 0.4,
-        "tta_shift": 1,
-    },
+    "best": {**_FAST, "epochs": 30, "crop_pad": 4, "cutout": 12},
 }
 
 

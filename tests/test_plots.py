@@ -150,3 +150,15 @@ def test_per_class_table(per_class: dict[str, float]) -> None:
     assert len(table) == 11 and table[1].split() == ["airplane", "80.0"]
     two = plots.per_class_table({"shipped": per_class, "new": per_class}).splitlines()
     assert two[0].split() == ["class", "shipped", "new"] and two[-1].split() == ["truck", "89.0", "89.0"]
+
+
+def test_top_k_bars_show_each_image_and_its_most_likely_classes(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    probs = np.full((3, 10), 0.02)
+    probs[:, 3] = 0.82  # cat first for every image
+    fig = plots.plot_top_k(images, probs, ["a.png", "b.png", "c.png"], k=3, save=tmp_path / "top.png")
+    bars = fig.axes[1]
+    top = max(bars.get_yticklabels(), key=lambda t: t.get_position()[1])  # the bar drawn highest
+    assert top.get_text() == "cat" and len(bars.patches) == 3
+    assert (tmp_path / "top.png").stat().st_size > 0
+    assert len(plots.plot_top_k(images[:0], probs[:0], []).axes) == 1  # the empty case says so

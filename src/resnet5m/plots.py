@@ -425,3 +425,33 @@ def plot_gradcam_grid(explained: Explained, classes: Sequence[str] = CLASSES, *,
             ax.set_yticks([])
     fig.suptitle("Grad-CAM: where the network found evidence for the predicted class (middle row) and the true class (bottom)")
     return _finish(fig, save)
+
+
+def plot_top_k(
+    images: ArrayLike,
+    probs: ArrayLike,
+    names: Sequence[str],
+    *,
+    k: int = 3,
+    classes: Sequence[str] = CLASSES,
+    save: str | os.PathLike | None = None,
+) -> Figure:
+    """Each image (uint8 (N, 3, H, W)) beside bars of its k most likely classes, e.g. for `resnet5m predict` results."""
+    images, probs = np.asarray(images), np.asarray(probs)
+    fig = Figure(figsize=(6.5, 1.3 * max(len(images), 1)), layout="constrained")
+    if not len(images):
+        _empty(fig, "no images")
+        return _finish(fig, save)
+    axes = fig.subplots(len(images), 2, squeeze=False, width_ratios=[1, 3])
+    for (ax_image, ax_bars), image, p, name in zip(axes, images, probs, names, strict=True):
+        top = np.argsort(p)[::-1][:k]  # most likely first, drawn at the top
+        ax_image.imshow(image.transpose(1, 2, 0))
+        ax_image.set_axis_off()
+        ax_image.set_title(str(name)[-28:], fontsize=7)
+        ax_bars.barh(range(len(top))[::-1], p[top], color="tab:blue")
+        ax_bars.set_yticks(range(len(top))[::-1], [classes[c] for c in top], fontsize=8)
+        ax_bars.set_xlim(0, 1)
+        for y, c in zip(range(len(top))[::-1], top, strict=True):
+            ax_bars.text(min(p[c] + 0.02, 0.85), y, f"{100 * p[c]:.1f}%", va="center", fontsize=8)
+    axes[-1, 1].set_xlabel("probability")
+    return _finish(fig, save)

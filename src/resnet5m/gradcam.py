@@ -49,6 +49,21 @@ def gradcam(model: nn.Module, images: torch.Tensor, classes: Sequence[int], devi
         model.train(was_training)
 
 
+def overlay(image: torch.Tensor | np.ndarray, heat: np.ndarray, scale: int = 8) -> np.ndarray:
+    """A heatmap (H, W) in [0, 1] over a uint8 image (3, H, W): uint8 RGB (H*scale, W*scale, 3).
+
+    Drawn as plots.plot_gradcam_grid draws it: the pixels enlarged as blocks, the heatmap smooth, jet at half opacity.
+    """
+    from matplotlib import colormaps
+
+    pixels = torch.as_tensor(np.asarray(image)).permute(1, 2, 0).float() / 255
+    pixels = pixels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    size = (heat.shape[0] * scale, heat.shape[1] * scale)
+    smooth = torch.nn.functional.interpolate(torch.as_tensor(heat, dtype=torch.float32)[None, None], size=size, mode="bilinear")
+    colours = torch.from_numpy(colormaps["jet"](smooth[0, 0].clamp(0, 1).numpy())[..., :3]).float()
+    return (255 * (0.5 * pixels + 0.5 * colours)).round().byte().numpy()
+
+
 @dataclass
 class Explained:
     """Heatmaps for chosen images: towards the predicted class and towards the true one."""

@@ -181,11 +181,16 @@ def read_image(path: Path) -> tuple[torch.Tensor, bool]:
     return pixels, resized
 
 
+def has_transparency(image: object) -> bool:
+    """Whether a Pillow image carries transparency: an alpha channel, or a palette with a transparent entry."""
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
 def _to_rgb(image: object) -> object:
     """Any Pillow mode -> RGB; transparent pixels become white rather than whatever colour they hide."""
     from PIL import Image
 
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if has_transparency(image):
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .argtypes import positive_int
 from .checkpoint import staged
 from .data import CLASSES
 from .errors import UserError
 from .evaluate import batched_logits, open_weights, recipe_views, temperature_of, views_text
+from .formats import LoadedModel
 from .inputs import Inputs, read_inputs
 from .runtime import resolve_precision
 from .weights import default_weights
@@ -61,15 +63,23 @@ def predict(
 ) -> Predictions:
     """Run a weights file of any format on the inputs, as `resnet5m evaluate` would run it."""
     loaded, model, dev = open_weights(weights, arch, device)
+    return predict_with(loaded, model, dev, inputs, batch_size=batch_size, progress=progress)
+
+
+def predict_with(
+    loaded: LoadedModel, model: nn.Module, device: torch.device, inputs: Inputs, *, batch_size: int = 200, progress: bool = False
+) -> Predictions:
+    """predict() with weights already opened by open_weights(): for callers that keep a model across calls (the demo)."""
     tta, shift = recipe_views(loaded.meta)
     precision = loaded.precision  # graph and int8 models run as stored; eager ones under evaluate's default autocast
     logits, seconds = batched_logits(
-        model, inputs.images, device=dev, batch_size=batch_size, tta=tta, tta_shift=shift, precision=precision,
+        model, inputs.images, device=device, batch_size=batch_size, tta=tta, tta_shift=shift, precision=precision,
         progress=progress and len(inputs.images) > batch_size, desc="predict",
     )  # fmt: skip
     temperature = temperature_of(loaded.meta)
     probs = (logits / temperature).softmax(1)
-    return Predictions(inputs, probs, seconds, str(dev), resolve_precision(dev, precision), views_text(tta, shift), temperature)
+    views = views_text(tta, shift)
+    return Predictions(inputs, probs, seconds, str(device), resolve_precision(device, precision), views, temperature)
 
 
 def table(pred: Predictions, k: int, rows: int | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The `resnet5m` command line: info, evaluate, predict, calibrate, robustness, export, publish, train, design, sweep."""
+"""The `resnet5m` command line: info, evaluate, predict, demo, calibrate, robustness, export, publish, train, design, sweep."""
 
 from __future__ import annotations
 
@@ -114,6 +114,7 @@ def _module_commands() -> list[tuple[str, str, Callable, Callable]]:
     """(name, help, add-arguments function, command function) of the subcommands that live in their own modules."""
     from .calibration import add_calibrate_arguments, cmd_calibrate
     from .config import add_train_arguments
+    from .demo import add_demo_arguments, cmd_demo
     from .design import add_design_arguments, cmd_design
     from .export import add_export_arguments, cmd_export
     from .predict import add_predict_arguments, cmd_predict
@@ -129,6 +130,8 @@ def _module_commands() -> list[tuple[str, str, Callable, Callable]]:
          add_publish_arguments, cmd_publish),
         ("predict", "classify your own images: files, folders, globs, arrays, CIFAR-style pickles",
          add_predict_arguments, cmd_predict),
+        ("demo", "an interactive page in the browser: upload an image, see its top-5 classes and Grad-CAM",
+         add_demo_arguments, cmd_demo),
         ("calibrate", "fit a softmax temperature on the validation split and write a calibrated copy",
          add_calibrate_arguments, cmd_calibrate),
         ("robustness", "test accuracy under generated corruptions (noise, blur, JPEG, ...), 5 severities each",

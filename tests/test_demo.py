@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,8 @@ def test_weights_on_offer_are_the_shipped_files_that_exist_and_a_given_one_first
     choices, default = dm.weight_choices(tiny_weights)
     assert default == str(tiny_weights) and list(choices) == [str(tiny_weights), "seed", "fast"]
     assert dm.weight_choices(arch="fast")[1] == "fast"
+    shipped_seed = dm.weight_choices()[0]["seed"]
+    assert list(dm.weight_choices(shipped_seed)[0]) == [str(shipped_seed), "fast"]  # not offered twice
     with pytest.raises(UserError, match="no shipped weights resnet5m_tiny.pt"):
         dm.weight_choices(arch="tiny")
 
@@ -165,6 +168,17 @@ def test_bad_weights_and_a_taken_port_are_one_line_errors(tmp_path: Path, capsys
         capsys.readouterr().err
         == f"resnet5m: error: cannot serve on 127.0.0.1:{port} (in use, or not allowed); choose another --port\n"
     )
+
+
+def test_launch_inline_serves_the_page_in_the_background():
+    pytest.importorskip("gradio")
+    app = dm.launch_inline(arch="fast")
+    try:
+        with urllib.request.urlopen(app.local_url, timeout=30) as page:
+            assert page.status == 200 and "resnet5m demo" in page.read().decode()
+        assert app.share is False  # no public link unless asked for, in Colab too
+    finally:
+        app.close()
 
 
 def test_the_page_offers_the_weights_and_the_examples(shipped: dm.Demo):

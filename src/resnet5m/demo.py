@@ -64,9 +64,11 @@ def weight_choices(weights: str | os.PathLike | None = None, arch: str | None = 
         choices[str(weights)] = Path(weights)
     for name in SHIPPED:
         try:
-            choices[name] = default_weights(name)
+            path = default_weights(name)
         except UserError:  # e.g. weights/resnet5m_best.pt before the best net ships
             continue
+        if not (weights and path.resolve() == Path(weights).resolve()):  # the given file is not listed twice
+            choices[name] = path
     if weights:
         return choices, str(weights)
     if arch:
@@ -190,14 +192,23 @@ def build_app(demo: Demo) -> gradio.Blocks:
 
 
 def launch_inline(
-    weights: str | os.PathLike | None = None, *, arch: str | None = None, device: str = "auto", height: int = 900
+    weights: str | os.PathLike | None = None,
+    *,
+    arch: str | None = None,
+    device: str = "auto",
+    share: bool = False,
+    height: int = 900,
 ) -> gradio.Blocks:
-    """Serve the demo in the background and show it in the notebook cell; `.close()` on the result stops it."""
+    """Serve the demo in the background and show it in the notebook cell; `.close()` on the result stops it.
+
+    share: a temporary public gradio.live link as well. Off by default, also in Colab (where Gradio would turn it on):
+    Colab shows the page through its own proxy, and a public link would let anyone who has it run the demo on this machine.
+    """
     choices, default = weight_choices(weights, arch)
     demo = Demo(choices, default, arch=arch, device=device)
     demo.model(default)  # a file that does not load fails here, in the cell, not later on the page
     app = build_app(demo)
-    app.launch(inline=True, prevent_thread_lock=True, height=height, max_file_size=MAX_UPLOAD)
+    app.launch(inline=True, prevent_thread_lock=True, share=share, height=height, max_file_size=MAX_UPLOAD)
     return app
 
 

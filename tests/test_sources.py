@@ -360,6 +360,16 @@ def test_notebook_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert sources.notebook_run_config(recipe, drive, "/data").out == str(drive / "runs" / "notebook-seed")
 
 
+def test_notebook_run_config_own_spec(tmp_path: Path) -> None:
+    # The training cell's ARCH: the shipped recipe on the user's own shape, in a run folder named for it.
+    recipe = {"arch": "seed", "epochs": 26, "lr": 0.2}
+    cfg = sources.notebook_run_config(recipe, tmp_path, "/data", arch="resnet:4,4,3@64,128,256")
+    assert (cfg.arch, cfg.epochs, cfg.lr) == ("resnet:4,4,3@64,128,256", 26, 0.2)
+    assert Path(cfg.out).parent == tmp_path / "runs" and "@" not in Path(cfg.out).name and ":" not in Path(cfg.out).name
+    with pytest.raises(UserError, match="resnet:"):
+        sources.notebook_run_config(recipe, tmp_path, "/data", arch="resnet:5,4@64")
+
+
 def test_run_note_says_where_it_resumes(tmp_path: Path) -> None:
     import torch
 

@@ -23,6 +23,7 @@ from .checkpoint import sha256_of
 from .config import TrainConfig, weights_name
 from .data import ENV_VAR as DATA_ENV
 from .errors import UserError
+from .model import get_config, safe_name
 from .runfolder import CHECKPOINT
 from .weights import WEIGHTS_DIR
 
@@ -375,17 +376,26 @@ def run_weights_path(cfg: TrainConfig) -> Path:
 
 
 def notebook_run_config(
-    recipe: dict | None, drive_dir: str | os.PathLike | None, data_dir: str | os.PathLike | None, smoke: bool = False
+    recipe: dict | None,
+    drive_dir: str | os.PathLike | None,
+    data_dir: str | os.PathLike | None,
+    smoke: bool = False,
+    arch: str = "",
 ) -> TrainConfig:
     """The notebook's training run: notebook_train_config in run_dir(drive_dir), resumed when a checkpoint is there.
 
-    smoke without Drive trains in a fresh temp folder; smoke on Drive (Colab) trains SMOKE_DRIVE_EPOCHS
-    epochs in the Drive run folder, so that running the notebook again after a disconnect resumes it.
+    arch: a name or spec (e.g. resnet:4,4,3@64,128,256) trained with the recipe instead of the recipe's own arch;
+    a bad spec is a UserError. smoke (tiny, whatever arch) without Drive trains in a fresh temp folder; smoke on
+    Drive (Colab) trains SMOKE_DRIVE_EPOCHS epochs in the Drive run folder, so that running the notebook again
+    after a disconnect resumes it.
     """
+    if arch:
+        get_config(arch)  # a typo in the spec stops here, in one line, not after the data is loaded
+        recipe = {**(recipe or {}), "arch": arch}
     if smoke and drive_dir is None:
         out = Path(tempfile.mkdtemp(prefix="resnet5m-smoke-"))
     else:
-        out = run_dir(drive_dir, "tiny" if smoke else (recipe or {}).get("arch", "seed"))
+        out = run_dir(drive_dir, "tiny" if smoke else safe_name((recipe or {}).get("arch", "seed")))
     cfg = notebook_train_config(recipe, out, data_dir, smoke=smoke)
     return replace(cfg, epochs=SMOKE_DRIVE_EPOCHS) if smoke and drive_dir is not None else cfg
 

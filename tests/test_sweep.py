@@ -11,10 +11,11 @@ from matplotlib.figure import Figure
 from resnet5m import plots
 from resnet5m.checkpoint import load_weights
 from resnet5m.cli import main
+from resnet5m.design import write_csv
 from resnet5m.errors import UserError
 from resnet5m.model import ARCHS
 from resnet5m.runfolder import CHECKPOINT
-from resnet5m.sweep import SWEEP_COLUMNS, candidate_config, read_specs, sweep, top_specs
+from resnet5m.sweep import SWEEP_COLUMNS, candidate_config, read_specs, read_sweep_csv, sweep, top_specs
 from resnet5m.train import Trainer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,3 +108,13 @@ def test_plot_sweep_highlights_the_original(tmp_path):
     assert isinstance(fig, Figure) and (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
     assert "original" in fig.axes[0].get_legend_handles_labels()[1]
     assert isinstance(plots.plot_sweep([]), Figure)
+
+
+def test_sweep_csv_reads_back_with_numbers(tmp_path):
+    row = {"spec": "resnet:1,1@16,32", "params": 123456, "macs": 7890123, "val_acc": 0.4321, "val_loss": 1.5,
+           "seconds": 0.125, "images_per_s": 812.5, "note": ""}  # fmt: skip
+    write_csv([row, {**row, "spec": ARCHS["seed"].spec, "note": "original"}], tmp_path / "sweep.csv", SWEEP_COLUMNS)
+    assert read_sweep_csv(tmp_path / "sweep.csv") == [row, {**row, "spec": ARCHS["seed"].spec, "note": "original"}]
+    (tmp_path / "bad.csv").write_text("spec,params\nresnet:1,1@16,32,lots\n")
+    with pytest.raises(UserError, match="cannot read sweep results .*bad.csv"):
+        read_sweep_csv(tmp_path / "bad.csv")

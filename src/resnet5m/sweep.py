@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .runfolder import CHECKPOINT, recipe_changes
 
 SWEEP_COLUMNS = ("spec", "params", "macs", "val_acc", "val_loss", "seconds", "images_per_s", "note")
 LOG = "train.log"
+# Measured sweeps shipped with the package (their commands: docs/results.md), so the notebook shows them anywhere.
+RESULTS = Path(__file__).parent / "results"
 
 
 def read_specs(path: str | Path) -> list[str]:
@@ -125,6 +128,21 @@ def sweep(specs: list[str], out: str | Path, epochs: int = 3, size: int = 32, **
 
     plot_sweep(ranked, save=out / "sweep.png")
     return ranked
+
+
+def read_sweep_csv(path: str | Path) -> list[dict]:
+    """The rows of a sweep.csv as `sweep` wrote them, numbers as numbers."""
+    kinds = {"params": int, "macs": int, "val_acc": float, "val_loss": float, "seconds": float, "images_per_s": float}
+    try:
+        with open(path, newline="") as f:
+            return [{k: kinds.get(k, str)(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"cannot read sweep results {path}: {e}; rerun `resnet5m sweep` to write them again") from e
+
+
+def measured_sweeps() -> dict[str, list[dict]]:
+    """The sweeps measured for this project ({file stem: rows}), from the package's results folder."""
+    return {path.stem: read_sweep_csv(path) for path in sorted(RESULTS.glob("*.csv"))}
 
 
 def progress_text(row: dict) -> str:

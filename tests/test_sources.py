@@ -382,3 +382,16 @@ def test_run_note_says_where_it_resumes(tmp_path: Path) -> None:
     assert resumed.resume and sources.run_note(resumed).endswith("(resuming after epoch 1 from checkpoint.pt)")
     (Path(cfg.out) / "checkpoint.pt").write_bytes(b"half-synced")
     assert sources.run_note(resumed).endswith("(resuming from checkpoint.pt)")  # training reports what is wrong
+
+
+def test_the_notebook_can_pick_other_shipped_weights(tmp_path: Path) -> None:
+    # The notebook's WEIGHTS variable: the fast net's file is looked for by its own name, with no seed hash.
+    name = sources.weights_name("fast")
+    assert sources.published("fast") == (None, None)
+    assert sources.published("seed") == (sources.GDRIVE_ID, sources.EXPECTED_SHA256)
+    missing = resolve(tmp_path, name=name, repo_weights=tmp_path / "repo" / "weights" / name)
+    assert not missing.found and f"put {name} in the Drive folder" in missing.report()
+    (tmp_path / "drive").mkdir(exist_ok=True)
+    (tmp_path / "drive" / name).write_bytes(GOOD)
+    found = resolve(tmp_path, drive_dir=tmp_path / "drive", name=name, repo_weights=tmp_path / "repo" / "weights" / name)
+    assert (found.path, found.source) == (tmp_path / "drive" / name, "drive")

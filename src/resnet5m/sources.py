@@ -106,6 +106,7 @@ class WeightsChoice:
     source: str | None
     sha256: str | None
     attempts: list[Attempt] = field(default_factory=list)
+    name: str = WEIGHTS_NAME  # the file looked for
 
     @property
     def found(self) -> bool:
@@ -123,7 +124,7 @@ class WeightsChoice:
         else:
             lines.append(
                 "weights: none found; the evaluation and plot cells will be skipped "
-                f"(set {WEIGHTS_ENV}=PATH, put {WEIGHTS_NAME} in the Drive folder, or train below)"
+                f"(set {WEIGHTS_ENV}=PATH, put {self.name} in the Drive folder, or train below)"
             )
         return "\n".join(lines)
 
@@ -323,8 +324,13 @@ def resolve_weights(
             attempts.append(Attempt(source, False, str(e)))
             continue
         attempts.append(Attempt(source, True, f"{path} ({_sha_note(source, expected_sha256)})"))
-        return WeightsChoice(path, source, digest, attempts)
-    return WeightsChoice(None, None, None, attempts)
+        return WeightsChoice(path, source, digest, attempts, name)
+    return WeightsChoice(None, None, None, attempts, name)
+
+
+def published(arch: str) -> tuple[str | None, str | None]:
+    """(Google Drive file id, sha256) of an arch's published weights: (None, None) for all but the seed net's."""
+    return (GDRIVE_ID, EXPECTED_SHA256) if weights_name(arch) == WEIGHTS_NAME else (None, None)
 
 
 # --- data and training ----------------------------------------------------------------------------

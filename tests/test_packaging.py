@@ -19,3 +19,24 @@ def test_license_is_an_spdx_expression_built_by_a_recent_setuptools():
 def test_installed_metadata_carries_the_expression():
     metadata = importlib.metadata.metadata("resnet5m")
     assert metadata["License-Expression"] == "MIT", "an install from before the change: pip install -e . again"
+
+
+def test_the_wheel_carries_the_package_data(tmp_path):
+    # Colab installs a regular (non-editable) wheel: the demo's examples and the measured sweeps must be in it.
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    # built from a copy, so that setuptools' build/ folder is not left in the checkout
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    build = [sys.executable, "-m", "pip", "wheel", str(tree), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run(build, check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("resnet5m-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    src = ROOT / "src"
+    data = sorted(src.glob("resnet5m/demo_examples/*.png")) + sorted(src.glob("resnet5m/results/*.csv"))
+    assert data and {p.relative_to(src).as_posix() for p in data} <= names

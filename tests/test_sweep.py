@@ -15,7 +15,7 @@ from resnet5m.design import write_csv
 from resnet5m.errors import UserError
 from resnet5m.model import ARCHS
 from resnet5m.runfolder import CHECKPOINT
-from resnet5m.sweep import SWEEP_COLUMNS, candidate_config, read_specs, read_sweep_csv, sweep, top_specs
+from resnet5m.sweep import SWEEP_COLUMNS, candidate_config, measured_sweeps, read_specs, read_sweep_csv, sweep, top_specs
 from resnet5m.train import Trainer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,6 +107,11 @@ def test_plot_sweep_highlights_the_original(tmp_path):
     fig = plots.plot_sweep(rows, save=tmp_path / "s.png")
     assert isinstance(fig, Figure) and (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
     assert "original" in fig.axes[0].get_legend_handles_labels()[1]
+    assert [a.get_text() for a in fig.axes[0].texts] == ["1. resnet:1,1,2@64,320,320", "2. resnet:5,4,3@64,128,256"]
+    more = [*rows, *({"spec": f"resnet:1,1@{w},{w}", "params": 1e6, "macs": 1e8, "val_acc": 0.5 + w / 1e3, "note": ""}
+                     for w in (16, 32))]  # fmt: skip
+    assert [a.get_text() for a in plots.plot_sweep(more, named=1).axes[1].texts] == [
+        "1. resnet:1,1,2@64,320,320", "2. resnet:5,4,3@64,128,256", "3", "4"]  # fmt: skip
     assert isinstance(plots.plot_sweep([]), Figure)
 
 
@@ -118,3 +123,12 @@ def test_sweep_csv_reads_back_with_numbers(tmp_path):
     (tmp_path / "bad.csv").write_text("spec,params\nresnet:1,1@16,32,lots\n")
     with pytest.raises(UserError, match="cannot read sweep results .*bad.csv"):
         read_sweep_csv(tmp_path / "bad.csv")
+
+
+def test_the_measured_map_ships_with_the_package():
+    # The committed sweep (docs/results.md): at least 12 shapes, 3- and 4-stage, the original among them, ranked.
+    rows = measured_sweeps()["sweep-16px"]
+    assert len(rows) >= 12 and [r["val_acc"] for r in rows] == sorted((r["val_acc"] for r in rows), reverse=True)
+    assert ARCHS["seed"].spec in [r["spec"] for r in rows if r["note"] == "original"]
+    assert {len(r["spec"].split("@")[1].split(",")) for r in rows} >= {3, 4}
+    assert all(r["params"] < 5_000_000 and 0 < r["val_acc"] < 1 for r in rows)

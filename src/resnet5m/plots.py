@@ -308,20 +308,24 @@ def plot_design_map(rows: Sequence[Mapping], *, max_params: float = PARAM_LIMIT,
     return _finish(fig, save)
 
 
-def plot_sweep(rows: Sequence[Mapping], *, save: str | os.PathLike | None = None) -> Figure:
+def plot_sweep(rows: Sequence[Mapping], *, named: int = 3, save: str | os.PathLike | None = None) -> Figure:
     """Validation accuracy against parameters and against multiply-adds for the candidates of `resnet5m sweep`.
 
     rows: dicts with spec, params, macs, val_acc and note ('original' is highlighted), as sweep.csv holds them.
+    Every point is labelled with its rank; the top `named` and the original also with their spec, since a dozen
+    full specs in one cluster overprint each other.
     """
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     if not rows:
         _empty(fig, "no candidates trained")
         return _finish(fig, save)
+    ranked = sorted(rows, key=lambda r: -r["val_acc"])
+    texts = [f"{i}. {r['spec']}" if i <= named or r.get("note") else str(i) for i, r in enumerate(ranked, 1)]
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, label in zip(axes, ("params", "macs"), ("parameters (M)", "multiply-adds per 32x32 image (M)"), strict=True):
-        ax.scatter([r[key] / 1e6 for r in rows], [100 * r["val_acc"] for r in rows], color="C0", zorder=3)
-        for r in rows:
-            ax.annotate(r["spec"], (r[key] / 1e6, 100 * r["val_acc"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+        ax.scatter([r[key] / 1e6 for r in ranked], [100 * r["val_acc"] for r in ranked], color="C0", zorder=3)
+        for r, text in zip(ranked, texts, strict=True):
+            ax.annotate(text, (r[key] / 1e6, 100 * r["val_acc"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         _references(ax, rows, key, "val_acc", y_scale=0.01, label_spec=False)  # every point is labelled already
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
@@ -329,7 +333,7 @@ def plot_sweep(rows: Sequence[Mapping], *, save: str | os.PathLike | None = None
     axes[0].set_ylabel("validation accuracy (%)")
     if any(r.get("note") for r in rows):
         axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("sweep: validation accuracy of each candidate")
+    fig.suptitle("sweep: validation accuracy of each candidate (labels: rank)")
     return _finish(fig, save)
 
 

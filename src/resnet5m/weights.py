@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .config import weights_name
 from .errors import UserError
 from .model import get_config
 
@@ -17,7 +18,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repository'
 def default_weights(arch: str) -> Path:
     """The shipped weights for an arch: ./weights/ first, then the source checkout's weights/."""
     get_config(arch)  # an unknown (mistyped) arch is named as such, not as missing weights
-    name = f"resnet5m_{arch}.pt"
+    name = weights_name(arch)  # the name `resnet5m train` gives its final weights
     for folder in (Path("weights"), WEIGHTS_DIR):
         if (folder / name).is_file():
             return folder / name

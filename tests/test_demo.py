@@ -103,13 +103,13 @@ def test_nothing_uploaded_asks_for_an_image(shipped: dm.Demo):
 
 def test_weights_on_offer_are_the_shipped_files_that_exist_and_a_given_one_first(tiny_weights: Path):
     choices, default = dm.weight_choices()
-    assert default == "seed" and list(choices) == ["seed", "fast"]  # no best weights are shipped yet
+    assert default == "seed" and list(choices) == ["seed", "fast", "best"]
     assert all(path.is_file() for path in choices.values())
     choices, default = dm.weight_choices(tiny_weights)
-    assert default == str(tiny_weights) and list(choices) == [str(tiny_weights), "seed", "fast"]
+    assert default == str(tiny_weights) and list(choices) == [str(tiny_weights), "seed", "fast", "best"]
     assert dm.weight_choices(arch="fast")[1] == "fast"
     shipped_seed = dm.weight_choices()[0]["seed"]
-    assert list(dm.weight_choices(shipped_seed)[0]) == [str(shipped_seed), "fast"]  # not offered twice
+    assert list(dm.weight_choices(shipped_seed)[0]) == [str(shipped_seed), "fast", "best"]  # not offered twice
     with pytest.raises(UserError, match="no shipped weights resnet5m_tiny.pt"):
         dm.weight_choices(arch="tiny")
 
@@ -187,7 +187,7 @@ def test_the_page_offers_the_weights_and_the_examples(shipped: dm.Demo):
     assert isinstance(app, gr.Blocks) and app.analytics_enabled is False
     blocks = list(app.blocks.values())
     dropdown = next(b for b in blocks if isinstance(b, gr.Dropdown))
-    assert [c[0] for c in dropdown.choices] == ["seed", "fast"] and dropdown.value == "seed"
+    assert [c[0] for c in dropdown.choices] == ["seed", "fast", "best"] and dropdown.value == "seed"
     image = next(b for b in blocks if isinstance(b, gr.Image) and b.interactive is not False)
     assert set(image.sources) == {"upload", "clipboard", "webcam"}
     (classify,) = (fn for fn in app.fns.values() if len(fn.outputs) == 4)  # top-5, the two views, the message

@@ -10,10 +10,11 @@ from resnet5m.checkpoint import load_weights
 from resnet5m.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-GATE = 0.92  # below the claimed figures by more than the sampling error of 1,017 images (about 0.8 points)
-# arch -> (parameters, the least test accuracy the file may record: the seed net must beat the original's
-# 92.94%; the fast net's claim is a mean over seeds, so one run's file only has to clear the gate)
-SHIPPED = {"seed": (4_771_146, 0.9294), "fast": (1_971_352, GATE)}
+# arch -> (parameters, the least test accuracy the file may record, the CI gate). The seed net must beat the
+# original's 92.94%; the fast net's claim is a mean over seeds, so one run's file only has to clear the gate;
+# the best net's target is 95.5%. Each gate sits below the claimed figure by more than the sampling error of
+# 1,017 images (about 0.7 points), so a gate fails on a broken file or pipeline, not on bf16 noise.
+SHIPPED = {"seed": (4_771_146, 0.9294, 0.92), "fast": (1_971_352, 0.92, 0.92), "best": (4_382_936, 0.955, 0.945)}
 
 
 def weights(arch: str) -> Path:
@@ -24,7 +25,7 @@ def weights(arch: str) -> Path:
 def test_weights_are_shipped_with_their_story(arch):
     loaded = load_weights(weights(arch))
     meta = loaded.meta
-    params, claimed = SHIPPED[arch]
+    params, claimed, _ = SHIPPED[arch]
     assert loaded.arch == arch and meta["params"] == params
     assert meta["recipe"]["arch"] == arch and meta["command"].startswith("resnet5m train") and meta["torch_version"]
     assert meta["recipe"]["epochs"] == len(meta["history"]) and {"train_acc", "train_loss"} <= set(meta["history"][-1])
@@ -40,7 +41,8 @@ def test_weights_pass_the_accuracy_gate(arch, capsys):
     assert main(["evaluate", *arch_flag, "--data-dir", str(SHARED), "--no-download", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert Path(out["weights"]).resolve() == weights(arch) and out["n"] == 1017
-    assert out["accuracy"] >= GATE, f"shipped {arch} weights score {out['accuracy']:.4f} < {GATE} on the shared test images"
+    gate = SHIPPED[arch][2]
+    assert out["accuracy"] >= gate, f"shipped {arch} weights score {out['accuracy']:.4f} < {gate} on the shared test images"
     # The recorded figure is reproducible: bf16 kernels may differ across CPUs by a few images, not more.
     recorded = load_weights(weights(arch)).meta["metrics"]
     if recorded["test_n"] == out["n"]:

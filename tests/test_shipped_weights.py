@@ -12,8 +12,8 @@ from resnet5m.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 # arch -> (parameters, the least test accuracy the file may record, the CI gate). The seed net must beat the
 # original's 92.94%; the fast net's claim is a mean over seeds, so one run's file only has to clear the gate;
-# the best net's target is 95.5%. Each gate sits below the claimed figure by more than the sampling error of
-# 1,017 images (about 0.7 points), so a gate fails on a broken file or pipeline, not on bf16 noise.
+# the best net's target is 95.5%. Each gate sits below the file's measured figure by more than the sampling error
+# of 1,017 images (about 0.7 points), so a gate fails on a broken file or pipeline, not on bf16 noise.
 SHIPPED = {"seed": (4_771_146, 0.9294, 0.92), "fast": (1_971_352, 0.92, 0.92), "best": (4_382_936, 0.955, 0.945)}
 
 

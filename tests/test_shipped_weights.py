@@ -8,6 +8,7 @@ from conftest import SHARED
 
 from resnet5m.checkpoint import load_weights
 from resnet5m.cli import main
+from resnet5m.config import weights_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # arch -> (parameters, the least test accuracy the file may record, the CI gate). The seed net must beat the
@@ -18,7 +19,7 @@ SHIPPED = {"seed": (4_771_146, 0.9294, 0.92), "fast": (1_971_352, 0.92, 0.92), "
 
 
 def weights(arch: str) -> Path:
-    return ROOT / "weights" / f"resnet5m_{arch}.pt"
+    return ROOT / "weights" / weights_name(arch)
 
 
 @pytest.mark.parametrize("arch", SHIPPED)

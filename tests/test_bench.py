@@ -2,6 +2,7 @@ import json
 import tempfile
 
 from resnet5m.bench import main
+from resnet5m.checkpoint import load_weights
 
 
 def test_pipeline_reports_step_times(capsys):
@@ -34,3 +35,12 @@ def test_time_to_accuracy_names_no_removed_folder(cifar_dir, tmp_path, capsys, m
     assert "saved weights" not in captured.err and "resnet5m-bench-" not in captured.err + captured.out
     assert out["command"] == "resnet5m train --arch tiny --epochs 1 --val-size 0"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_time_to_accuracy_takes_the_gpu_overrides(cifar_dir, tmp_path, capsys):
+    argv = ["time-to-accuracy", "--arch", "tiny", "--epochs", "1", "--batch-size", "50", "--lr", "0.1", "--no-compile"]
+    assert main(argv + ["--data-dir", str(cifar_dir), "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "--batch-size 50 --lr 0.1" in out["command"] and out["compile"] is False
+    recipe = load_weights(tmp_path / "resnet5m_tiny.pt").meta["recipe"]
+    assert (recipe["batch_size"], recipe["lr"], recipe["compile"]) == (50, 0.1, False)

@@ -126,7 +126,7 @@ def time_to_accuracy(arch: str, target: float, seed: int, data_dir: str | None, 
         "train_s": round(train_seconds, 1),  # the training passes alone
         "time_to_target_s": round(wall, 1) if reached else None,
         "train_images_per_s": round(images / train_seconds, 1),
-        "threads": torch.get_num_threads(), "device": str(pick_device(cfg.device)),
+        "threads": torch.get_num_threads(), "device": str(pick_device(cfg.device)), "compile": cfg.compile,
         "command": command_line(cfg if out else replace(cfg, out=recipe(arch).out)),  # no --out naming a removed folder
     }  # fmt: skip
 
@@ -150,12 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=positive_int, help="override the preset's epochs")
     p.add_argument("--progressive", help="override the preset's resolution schedule")
     p.add_argument("--device", help="override the device (default: auto)")
+    p.add_argument("--batch-size", type=positive_int, help="override the preset's batch size (give --lr with it)")
+    p.add_argument("--lr", type=float, help="override the preset's peak learning rate")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (GPU runs)")
     args = parser.parse_args(argv)
     try:
         if args.command == "pipeline":
             out = pipeline(args.arch, args.batch_size, args.size, args.steps, args.device)
         else:
-            overrides = {k: getattr(args, k) for k in ("epochs", "progressive", "device") if getattr(args, k) is not None}
+            names = ("epochs", "progressive", "device", "batch_size", "lr", "compile")
+            overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
             out = time_to_accuracy(args.arch, args.target, args.seed, args.data_dir, args.out, **overrides)
         print(json.dumps(out))
     except UserError as e:

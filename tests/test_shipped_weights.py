@@ -12,10 +12,10 @@ from resnet5m.config import weights_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # arch -> (parameters, the least test accuracy the file may record, the CI gate). The seed net must beat the
-# original's 92.94%; the fast net's claim is a mean over seeds, so one run's file only has to clear the gate;
-# the best net's target is 95.5%. Each gate sits below the file's measured figure by more than the sampling error
+# original's 92.94%; the fast net's file (20-epoch seed-0 run, 94.49%) must hold its 94% aim; the best net's
+# target is 95.5%. Each gate sits below the file's measured figure by more than the sampling error
 # of 1,017 images (about 0.7 points), so a gate fails on a broken file or pipeline, not on bf16 noise.
-SHIPPED = {"seed": (4_771_146, 0.9294, 0.92), "fast": (1_971_352, 0.92, 0.92), "best": (4_382_936, 0.955, 0.945)}
+SHIPPED = {"seed": (4_771_146, 0.9294, 0.92), "fast": (1_971_352, 0.94, 0.93), "best": (4_382_936, 0.955, 0.945)}
 
 
 def weights(arch: str) -> Path:

@@ -67,7 +67,8 @@ def test_evaluate_our_format_with_tta_and_train_split(tmp_path, cifar_dir, capsy
     assert out["arch"] == "tiny" and out["n"] == 300 and out["tta"] is True and out["split"] == "train"
 
 
-def test_no_tta_means_one_view_even_when_the_recipe_shifts(tmp_path, cifar_dir, capsys):
+def test_no_tta_means_one_view_even_when_the_recipe_shifts(tmp_path, cifar_dir, capsys, monkeypatch):
+    monkeypatch.setattr("resnet5m.runtime.cpu_has_native_bf16", lambda: True)
     save_weights(tmp_path / "w.pt", build_model("tiny"), "tiny", recipe={"tta": True, "tta_shift": 1})
     argv = ["evaluate", "--weights", str(tmp_path / "w.pt"), "--data-dir", str(cifar_dir), "--limit", "50"]
     default = run_json(capsys, argv + ["--json"])
@@ -78,7 +79,7 @@ def test_no_tta_means_one_view_even_when_the_recipe_shifts(tmp_path, cifar_dir, 
     shifted = run_json(capsys, argv + ["--json", "--no-tta", "--tta-shift", "2"])  # asked for explicitly
     assert shifted["tta"] is False and shifted["tta_shift"] == 2
     assert run_json(capsys, argv + ["--json", "--precision", "fp32"])["precision"] == "fp32"
-    assert default["precision"] == "bf16"  # auto on the CPU
+    assert default["precision"] == "bf16"  # auto on a CPU with native bf16
 
 
 def test_evaluate_human_output(tmp_path, cifar_dir, capsys):

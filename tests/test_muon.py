@@ -5,7 +5,8 @@ from resnet5m.config import TrainConfig
 from resnet5m.errors import UserError
 from resnet5m.model import build_model
 from resnet5m.muon import Muon, orthogonalize
-from resnet5m.train import Trainer, make_optimizer, train
+from resnet5m.optim import make_optimizer
+from resnet5m.train import Trainer, train
 
 
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16)])

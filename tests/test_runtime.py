@@ -1,5 +1,7 @@
 """The precision policy per device and the torchrun rank -> GPU mapping, with torch.cuda's answers patched."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -11,6 +13,9 @@ from resnet5m.errors import UserError
 def fake_cuda(monkeypatch):
     """A machine with 4 CUDA cards of a settable compute capability; set_device calls are recorded."""
     state = {"capability": (8, 0), "current": []}
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: state["capability"])
@@ -21,7 +26,7 @@ def fake_cuda(monkeypatch):
 @pytest.mark.parametrize(
     "device, capability, expected",
     [
-        ("cpu", None, "bf16"),
+        ("cpu", None, "bf16"),  # on a CPU with native bf16 (the fixture's)
         ("cuda", (7, 5), "fp16"),  # T4: no native bf16
         ("cuda", (7, 0), "fp16"),  # V100
         ("cuda", (8, 0), "bf16"),  # A100
@@ -36,7 +41,48 @@ def test_auto_precision_per_device(fake_cuda, device, capability, expected):
         assert runtime.resolve_precision(torch.device(device), explicit) == explicit
 
 
-def test_scaler_only_for_fp16_and_unknown_precision_is_one_line():
+@pytest.mark.parametrize(
+    "native, limit, expected, why",
+    [
+        (True, None, "bf16", "this CPU has native bf16"),
+        (True, "AVX512_CORE_BF16", "bf16", "this CPU has native bf16"),
+        (True, "avx512_core_amx", "bf16", "this CPU has native bf16"),
+        (True, "AVX512_CORE", "fp32", "ONEDNN_MAX_CPU_ISA=AVX512_CORE keeps oneDNN below its native bf16 kernels"),
+        (True, "AVX2", "fp32", "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN below its native bf16 kernels"),
+        (False, None, "fp32", "this CPU has no native bf16 (bf16 would be emulated and slower)"),
+        (False, "ALL", "fp32", "this CPU has no native bf16 (bf16 would be emulated and slower)"),
+    ],
+)
+def test_auto_on_the_cpu_is_bf16_only_where_it_is_native(monkeypatch, native, limit, expected, why):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if limit is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    cpu = torch.device("cpu")
+    assert runtime.auto_precision(cpu) == (expected, why)
+    assert runtime.resolve_precision(cpu, "auto") == expected and runtime.resolve_precision(cpu, "bf16") == "bf16"
+    assert runtime.autocast(cpu, "auto").__class__ is (torch.autocast if expected == "bf16" else contextlib.nullcontext)
+
+
+def test_native_bf16_probe_reads_the_cpu_flags(monkeypatch, tmp_path):
+    # Where torch has no cpuinfo probe, /proc/cpuinfo's flags decide: AVX512-BF16 or AMX-BF16, not plain AVX-512.
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    real_open, info = open, tmp_path / "cpuinfo"
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    for flags, expected in (("fpu avx2 avx512f avx512bw", False), ("avx512f avx512_bf16", True), ("amx_tile amx_bf16", True)):
+        info.write_text(f"processor : 0\nflags : {flags}\n")
+        assert runtime.cpu_has_native_bf16() is expected
+
+
+def test_scaler_only_for_fp16_and_unknown_precision_is_one_line(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     cpu = torch.device("cpu")
     assert runtime.grad_scaler(cpu, "auto") is None and runtime.grad_scaler(cpu, "bf16") is None
     assert isinstance(runtime.grad_scaler(cpu, "fp16"), torch.amp.GradScaler)

@@ -6,8 +6,9 @@ import torch
 
 from resnet5m.config import TrainConfig, parse_progressive
 from resnet5m.errors import UserError
+from resnet5m.optim import lr_factor
 from resnet5m.runfolder import CHECKPOINT, HISTORY
-from resnet5m.train import Trainer, lr_factor, train
+from resnet5m.train import Trainer, train
 
 
 def config(cifar_dir, out, **kw) -> TrainConfig:
@@ -83,10 +84,10 @@ def test_resume_is_bitwise_identical(cifar_dir, tmp_path, kw, averaged):
 
 def test_lookahead_ends_each_epoch_on_the_average(cifar_dir, tmp_path):
     trainer = Trainer(config(cifar_dir, tmp_path, epochs=5, lookahead=True))
-    assert trainer.lookahead_first == 25  # first multiple of 5 after 3 epochs of 8 steps
+    assert trainer.lookahead.first == 25  # first multiple of 5 after 3 epochs of 8 steps
     steps = []
-    real = trainer.lookahead.update
-    trainer.lookahead.update = lambda decay=None: (steps.append(decay), real(decay))
+    real = trainer.lookahead.average.update
+    trainer.lookahead.average.update = lambda decay=None: (steps.append(decay), real(decay))
     for _ in range(5):
         trainer.one_epoch()
         trainer.epoch += 1
@@ -246,8 +247,8 @@ def test_command_line_reproduces_the_recipe():
 
 
 def test_ema_moves_towards_the_live_weights():
+    from resnet5m.averaging import EMA
     from resnet5m.model import build_model
-    from resnet5m.train import EMA
 
     model = build_model("tiny")
     ema = EMA(model, decay=0.75)
@@ -303,15 +304,20 @@ def test_resume_may_change_precision_and_history_shows_it(cifar_dir, tmp_path, c
     assert "resuming in fp16 a run trained in bf16" in capsys.readouterr().out
 
 
-def test_auto_precision_is_resolved_in_history_and_weights(cifar_dir, tmp_path):
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_resolved_in_history_and_weights(cifar_dir, tmp_path, monkeypatch, capsys, native):
+    monkeypatch.setattr("resnet5m.runtime.cpu_has_native_bf16", lambda: native)
     history = train(config(cifar_dir, tmp_path, epochs=1))
-    assert history[0]["precision"] == "bf16"  # auto on the CPU
-    assert torch.load(tmp_path / "resnet5m_tiny.pt", weights_only=True)["recipe"]["precision"] == "bf16"
+    expected = "bf16" if native else "fp32"  # auto on the CPU: bf16 only where it is native
+    assert history[0]["precision"] == expected
+    assert torch.load(tmp_path / "resnet5m_tiny.pt", weights_only=True)["recipe"]["precision"] == expected
+    why = "this CPU has native bf16" if native else "this CPU has no native bf16 (bf16 would be emulated and slower)"
+    assert f"precision {expected} (auto: {why})" in capsys.readouterr().out
 
 
 def test_short_ema_run_is_not_the_initialisation(cifar_dir, tmp_path):
+    from resnet5m.averaging import ema_warmup
     from resnet5m.evaluate import evaluate
-    from resnet5m.train import ema_warmup
 
     assert ema_warmup(0.999, 0) == pytest.approx(0.1) and ema_warmup(0.999, 10_000) == 0.999
     trainer = Trainer(config(cifar_dir, tmp_path, epochs=2, ema=True, seed=1))  # 16 steps

@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 on CPU and bf16-capable GPUs, fp16 on older GPUs (T4), fp32 on MPS (default: auto)",
+        help="auto: bf16 where the CPU or GPU has native bf16, fp16 on older GPUs (T4), else fp32 (default: auto)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)

@@ -52,10 +52,14 @@ class TrainConfig:
     seed: int = _f(0, "random seed")
     device: str = _f("auto", "auto, cpu, cuda or mps")
     precision: str = _f(
-        "auto", "auto (bf16 on CPU and bf16 GPUs, fp16 + loss scaling on older GPUs, fp32 on MPS), bf16, fp16 or fp32"
+        "auto", "auto (bf16 on CPUs and GPUs with native bf16, fp16 + loss scaling on older GPUs, else fp32), bf16, fp16 or fp32"
     )
     sync_bn: bool = _f(False, "multi-GPU runs: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
     compile: bool = _f(False, "torch.compile the model (worth it on GPU for long runs)")
+    deterministic: bool = _f(
+        False, "CUDA: deterministic cuDNN kernels without autotuning, so a resumed run is bitwise the straight one "
+        "(slower; CPU runs always are)"
+    )  # fmt: skip
     out: str = _f("", "run folder for checkpoints, history and final weights (empty: runs/<arch>)")
     resume: bool = _f(False, "continue from the run folder's last checkpoint")
     data_dir: str | None = _f(None, DATA_DIR_HELP)
@@ -108,7 +112,7 @@ def recipe(arch: str = "seed", **overrides) -> TrainConfig:
 
 # Fields that may differ when a run is resumed (where and how it runs, not what it computes). Precision is one:
 # a Drive run started on an A100 (bf16) must go on on a T4 (fp16); bitwise resume then no longer holds.
-RUNTIME_FIELDS = {"device", "out", "resume", "data_dir", "download", "quiet", "compile", "test", "precision"}
+RUNTIME_FIELDS = {"device", "out", "resume", "data_dir", "download", "quiet", "compile", "test", "precision", "deterministic"}
 
 
 def parse_progressive(spec: str, epochs: int) -> list[int]:

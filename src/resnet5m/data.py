@@ -7,6 +7,7 @@ with torchvision's md5-verified download.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import shutil
@@ -127,8 +128,14 @@ def model_input(images: torch.Tensor, size: int = 32) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEAN and STD as (1, 3, 1, 1) tensors on a device, built once: a host-to-device copy per batch would stall a GPU."""
+    with torch.inference_mode(False):  # first built inside evaluation's inference mode, later used in training too
+        return torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> normalized float tensor on the same device."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device)
     return ((images.float() / 255.0 - mean) / std).to(dtype)

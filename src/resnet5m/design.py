@@ -130,7 +130,7 @@ def sort_rows(rows: list[dict], by: str) -> list[dict]:
 def train_speed(config: ResNetConfig | str, batch_size: int = 256, size: int = 32, steps: int = 3) -> float:
     """Training images per second on this CPU: the training step of the seed recipe (crop and flip, bf16
     autocast forward, label-smoothed loss, backward, Nesterov SGD) on random images, after one warm-up step."""
-    from .train import make_optimizer  # training machinery only when something is measured
+    from .optim import make_optimizer  # training machinery only when something is measured
 
     device = torch.device("cpu")
     cfg = recipe("seed")

@@ -1,161 +1,51 @@
 """Training: one config in, the per-epoch history out; checkpoints every epoch, exact resume.
 
-The data set lives as one uint8 tensor on the training device and every batch is augmented with
-batched tensor ops, so no DataLoader workers are needed. Under `torchrun` the same code runs
-data-parallel: every rank draws the same permutation and augmentations and takes its own rows
-of each global batch.
+The data set lives as one uint8 tensor on the training device. Each epoch's permutation and augmentation
+parameters are drawn up front from a CPU generator (so a resumed run draws them again exactly) and reach the
+device in one copy; each step then only indexes there. The loop asks the device for nothing per step: losses
+and accuracies add up on the device, and a non-finite loss is looked at every SYNC_EVERY steps. Under
+`torchrun` the same code runs data-parallel: every rank draws the same plan and takes its own rows of each
+global batch.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import re
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import augment
+from .averaging import EMA, Lookahead, ema_warmup
 from .checkpoint import save_weights
 from .config import TrainConfig, check_config, command_line, config_from_args, parse_progressive, weights_name
 from .data import load_split, model_input
+from .distributed import Dist, init_distributed, leave, sum_over_ranks, sync_from_rank0
 from .errors import UserError
 from .evaluate import evaluate, views_text
 from .model import build_model
-from .muon import Muon
+from .optim import batchnorms, make_optimizer, make_scheduler
 from .runfolder import CHECKPOINT, RUN_FORMAT, read_run, write_run
-from .runtime import autocast, grad_scaler, pick_device, prepare, resolve_precision
+from .runtime import auto_precision, autocast, configure_cuda, grad_scaler, pick_device, prepare, resolve_precision
 
 FIT_IMAGES = 5000  # training images a data-dependent initialisation looks at
-# Lookahead (as in hlb-cifar10 / airbench): from epoch LOOKAHEAD_START on, every LOOKAHEAD_EVERY steps the
-# average moves towards the weights and the weights restart from the average. Its decay grows with the cube of
-# the run's progress: early on it follows the weights closely, at the end it averages strongly.
-LOOKAHEAD_START, LOOKAHEAD_EVERY, LOOKAHEAD_DECAY = 3, 5, 0.95**5
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, start: float = 0.0, end: float = 0.0) -> float:
-    """Multiplier of the peak learning rate at step 0..total-1: linear warmup from exactly `start` at step 0
-    to the peak at step `warmup`, then linear or cosine decay to exactly `end` at the last step (total - 1)."""
-    if step < warmup:
-        return start + (1 - start) * step / warmup
-    progress = min((step - warmup) / max(total - 1 - warmup, 1), 1.0)
-    remaining = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress  # 1 -> 0
-    return end + (1 - end) * remaining
-
-
-def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm layer of a model."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Nesterov SGD over the trainable tensors: weight decay on weights only (not on 1-d BatchNorm
-    scales and biases), and BatchNorm biases at lr * bn_bias_lr_scale. With --optimizer muon the conv
-    filters form a Muon group of their own (muon.py)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    # A third group only when its lr differs, so checkpoints of two-group runs still resume.
-    scaled = set()
-    if cfg.bn_bias_lr_scale != 1.0:
-        scaled = {id(m.bias) for m in batchnorms(model)}
-    filters = [p for p in trainable if p.ndim == 4] if cfg.optimizer == "muon" else []
-    muon = {id(p) for p in filters}
-    groups = [
-        {"params": [p for p in trainable if p.ndim > 1 and id(p) not in muon], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in trainable if p.ndim <= 1 and id(p) not in scaled], "weight_decay": 0.0},
-    ]
-    if scaled:
-        bn_biases = [p for p in trainable if id(p) in scaled]
-        groups.append({"params": bn_biases, "weight_decay": 0.0, "lr": cfg.lr * cfg.bn_bias_lr_scale})
-    if not filters:
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    groups.append({"params": filters, "orthogonal": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum})
-    return Muon(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-def ema_warmup(decay: float, step: int) -> float:
-    """The EMA decay at optimizer step `step` (0-based): min(decay, (1+t)/(10+t)).
-
-    Without the warm-up the average starts as the random init and keeps decay**steps of it: 42% after the
-    fast preset's 870 steps at 0.999. With it, early averages span only the steps taken so far.
-    """
-    return min(decay, (1 + step) / (10 + step))
-
-
-class EMA:
-    """Exponential moving average of a model's floating-point state (weights and BN statistics)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.model = prepare(build_model(model.config, allow_over_limit=True), next(model.parameters()).device)
-        self.model.load_state_dict(model.state_dict())
-        self.model.requires_grad_(False)
-        # state_dict() tensors share storage with the live ones (updated in place by the optimizer, BN and
-        # load_state_dict), so the pairs are collected once instead of rebuilding two dicts every step.
-        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
-        self.floats = [(e, m) for e, m in pairs if e.is_floating_point()]
-        self.counters = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BN num_batches_tracked
-
-    @torch.no_grad()
-    def update(self, decay: float | None = None) -> None:
-        """Move the average towards the tracked model's current state (by 1 - decay)."""
-        decay = self.decay if decay is None else decay
-        for e, m in self.floats:
-            e.lerp_(m, 1 - decay)
-        for e, m in self.counters:
-            e.copy_(m)
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        """Set the tracked model's state to the average: the lookahead step."""
-        for e, m in self.floats:
-            m.copy_(e)
-
-
-@dataclass
-class Dist:
-    """Rank and world size; world 1 when not under torchrun."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def sync_from_rank0(module: nn.Module) -> None:
-    """Make every rank's copy of a module rank 0's: weights and buffers (BN statistics drift apart per rank)."""
-    for tensor in module.state_dict().values():
-        dist.broadcast(tensor, 0)
+SYNC_EVERY = 50  # steps between looks at the divergence flag: the loop's only host sync within an epoch
+NEVER = 2**62  # the divergence flag's "no bad step yet"
 
 
 def shard_totals(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, d: Dist, **kwargs) -> tuple[float, float, int]:
     """(loss, accuracy, n) over all ranks, each rank evaluating its own 1/world of the images."""
     res = evaluate(model, images[d.rank :: d.world], labels[d.rank :: d.world], **kwargs)
     correct = round(res.accuracy * res.n) if res.n else 0
-    totals = torch.tensor([res.loss * res.n, correct, res.n], device=kwargs.get("device", "cpu"), dtype=torch.float64)
-    if d.world > 1:
-        dist.all_reduce(totals)
-    loss_sum, correct, n = totals.tolist()
+    loss_sum, correct, n = sum_over_ranks([res.loss * res.n, correct, res.n], d)
     return loss_sum / max(n, 1), correct / max(n, 1), int(n)
 
 
@@ -172,8 +62,39 @@ def split_data(cfg: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tup
     return train, val
 
 
+class Tally:
+    """An epoch's running figures, kept on the device: loss sum, correct count, first step with a non-finite loss."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_step = torch.full((), NEVER, dtype=torch.int64, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        loss = loss.detach()
+        self.loss_sum += loss * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        first = ~torch.isfinite(loss) & (self.bad_step == NEVER)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+
+    def check(self, epoch: int) -> None:
+        """Stop with one line naming the epoch and step, if any loss so far was not finite (a host sync)."""
+        step = int(self.bad_step)
+        if step != NEVER:
+            raise UserError(
+                f"training diverged: loss is {self.bad_loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                "lower --lr or check the data"
+            )
+
+    def sums(self) -> list[float]:
+        """[loss sum, correct count], read from the device at once."""
+        return torch.stack([self.loss_sum, self.correct.to(self.loss_sum.dtype)]).tolist()
+
+
 class Trainer:
-    """Holds the state of one run: model, optimizer, schedule, EMA, data and history."""
+    """Holds the state of one run: model, optimizer, schedule, weight averages, data and history."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         check_config(cfg)
@@ -184,10 +105,10 @@ class Trainer:
         if cfg.batch_size % self.dist.world:  # DDP averages rank gradients with equal weight: shards must be equal
             world = self.dist.world
             raise UserError(f"--batch-size {cfg.batch_size} does not divide by the {world} ranks; give a multiple of {world}")
-        if cfg.sync_bn and self.dist.world > 1 and self.device.type != "cuda":
+        if cfg.sync_bn and self.dist.active and self.device.type != "cuda":
             raise UserError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel); drop it for CPU runs")
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes within an epoch: let cuDNN pick its fastest kernels
+            configure_cuda(cfg.deterministic)
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
@@ -207,19 +128,14 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.sizes = parse_progressive(cfg.progressive, cfg.epochs)
         self.optimizer = make_optimizer(self.model, cfg)
-        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, cfg.schedule, cfg.lr_start, cfg.lr_end)
-        )
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = grad_scaler(self.device, self.precision)  # fp16 only: scaled losses keep small gradients
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
-        self.lookahead = EMA(self.model, LOOKAHEAD_DECAY) if cfg.lookahead else None
-        first = LOOKAHEAD_START * self.steps_per_epoch + 1
-        self.lookahead_first = first + (-first) % LOOKAHEAD_EVERY  # first step of the lookahead: a multiple of EVERY
+        self.lookahead = Lookahead(self.model, self.steps_per_epoch, self.total_steps) if cfg.lookahead else None
         self.history: list[dict] = []
         self.epoch = 0  # epochs completed
         self.net: nn.Module = self.model
-        if self.dist.world > 1:
+        if self.dist.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # SyncBatchNorm swaps the BN modules of self.model in place; it shares their parameters and buffers.
             net = nn.SyncBatchNorm.convert_sync_batchnorm(self.model) if cfg.sync_bn else self.model
@@ -276,13 +192,18 @@ class Trainer:
                   "would have (each epoch's precision is in its history)", flush=True)  # fmt: skip
 
     # --- one epoch -----------------------------------------------------------------------------
-    def batches(self, epoch: int):
-        """Yield (augmented uint8 images, labels) of this rank for every step of an epoch."""
+    def epoch_plan(self, epoch: int) -> dict[str, torch.Tensor]:
+        """This rank's image indices and augmentation parameters for every step of an epoch: (steps, rows) each.
+
+        Drawn on the CPU in the order a per-step draw would take (so runs and resumes repeat exactly), then packed
+        into one tensor and copied to the device once (pinned and asynchronous on CUDA), not once per step.
+        """
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # per epoch: resume-exact
         n = len(self.train_y)
         perm = torch.randperm(n, generator=g)
         b = min(cfg.batch_size, n)
+        steps = []
         for step in range(self.steps_per_epoch):
             idx = perm[step * b : (step + 1) * b]
             params = augment.draw_params(len(idx), cfg.crop_pad, cfg.cutout, g)
@@ -290,94 +211,84 @@ class Trainer:
                 params["flip"] = self.first_flip[idx] ^ bool(epoch % 2)
             if not cfg.flip:
                 params["flip"].zero_()
-            mine = slice(self.dist.rank, None, self.dist.world)  # this rank's rows of the global batch
-            idx, params = idx[mine], {k: v[mine] for k, v in params.items()}
-            idx_dev = idx.to(self.device)
-            yield augment.apply(self.padded[idx_dev], params, cfg.cutout), self.train_y[idx_dev]
+            steps.append({"idx": idx, **{k: v for k, v in params.items() if v.numel()}})  # no cutout: no centres
+        names = list(steps[0])
+        packed = torch.stack([torch.stack([s[k].long() for k in names], -1) for s in steps])  # (steps, b, fields)
+        packed = packed[:, self.dist.rank :: self.dist.world]  # this rank's rows of each global batch
+        if self.device.type == "cuda":
+            packed = packed.pin_memory()
+        packed = packed.to(self.device, non_blocking=True)
+        return {k: packed[..., i] for i, k in enumerate(names)}
+
+    def batch(self, plan: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(augmented uint8 images, labels) of one step, gathered on the device."""
+        idx = plan["idx"][step]
+        params = {k: v[step] for k, v in plan.items() if k != "idx"}
+        params["flip"] = params["flip"].bool()
+        return augment.apply(self.padded[idx], params, self.cfg.cutout), self.train_y[idx]
+
+    def batches(self, epoch: int):
+        """Yield (augmented uint8 images, labels) of this rank for every step of an epoch."""
+        plan = self.epoch_plan(epoch)
+        for step in range(self.steps_per_epoch):
+            yield self.batch(plan, step)
+
+    def step(self, plan: dict[str, torch.Tensor], i: int, size: int, frozen: nn.Parameter | None, tally: Tally) -> None:
+        """Optimizer step i of an epoch's plan, at size x size pixels. Nothing in it waits for the device."""
+        x, y = self.batch(plan, i)
+        with autocast(self.device, self.precision):
+            logits = self.net(model_input(x, size))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if frozen is not None:
+            frozen.grad = None  # the optimizers skip a parameter without a gradient (DDP-safe, unlike requires_grad)
+        self.update()
+        tally.add(loss, logits, y, i)
+
+    def update(self) -> None:
+        """Apply the gradients, then advance the schedule and the weight averages by one step."""
+        if self.scaler:
+            # Skips the step when fp16 gradients overflowed, and lowers the scale. Deciding that reads the overflow
+            # flag on the host: GradScaler's one sync per step, the cost of fp16 (bf16 and fp32 have none).
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order; the order is right
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
+            self.scheduler.step()
+        done = self.scheduler.last_epoch  # optimizer steps taken, this one included (LambdaLR counts steps)
+        if self.ema:
+            self.ema.update(ema_warmup(self.cfg.ema_decay, done - 1))
+        if self.lookahead:
+            self.lookahead.step(done)
 
     def train_epoch(self, epoch: int, size: int) -> dict:
+        """One pass over the training images at size x size pixels; returns the epoch's figures."""
         cfg = self.cfg
         self.net.train()
         # airbench94's choice: the whitening layer's shift is learned early on, then held.
         frozen = self.model.whiten.bias if cfg.whiten_bias_epochs and epoch >= cfg.whiten_bias_epochs else None
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = 0
+        tally = Tally(self.device)
         start = time.perf_counter()
-        bar = tqdm(
-            self.batches(epoch),
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="step",
-            disable=cfg.quiet or not self.dist.main,
-            leave=False,
-        )
-        for step, (xb, yb) in enumerate(bar):
-            x = model_input(xb, size)
-            with autocast(self.device, self.precision):
-                logits = self.net(x)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    "lower --lr or check the data"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            if frozen is not None:
-                frozen.grad = None  # the optimizers skip a parameter without a gradient (DDP-safe, unlike requires_grad)
-            if self.scaler:  # skips the step when fp16 gradients overflowed, and lowers the scale
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order; the order is right
-                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
-                self.scheduler.step()
-            done = epoch * self.steps_per_epoch + step  # optimizer steps before this one
-            if self.ema:
-                self.ema.update(ema_warmup(cfg.ema_decay, done))
-            if self.lookahead:
-                self.lookahead_step(done + 1)
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
+        plan = self.epoch_plan(epoch)
+        bar = dict(desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=cfg.quiet or not self.dist.main, leave=False)
+        for i in tqdm(range(self.steps_per_epoch), **bar):
+            self.step(plan, i, size, frozen, tally)
+            if (i + 1) % SYNC_EVERY == 0:
+                tally.check(epoch)
+        tally.check(epoch)
         if self.lookahead:
-            self.lookahead_epoch_end(epoch)
-        seconds = time.perf_counter() - start
-        stats = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=self.device)])
-        if self.dist.world > 1:
-            dist.all_reduce(stats)
+            self.lookahead.epoch_end(self.scheduler.last_epoch)
+        if self.dist.active:
             for module in (self.model, self.ema and self.ema.model, self.lookahead and self.lookahead.model):
                 if module is not None:  # BN statistics (and their averages): rank 0's, so all ranks validate and save the same
                     sync_from_rank0(module)
-        loss_total, correct_total, seen_total = stats.tolist()
-        return {
-            "train_loss": loss_total / seen_total,
-            "train_acc": correct_total / seen_total,
-            "seconds": seconds,
-            "images_per_s": seen_total / seconds,
-        }
-
-    def lookahead_step(self, step: int) -> None:
-        """At every LOOKAHEAD_EVERY-th step (counted from 1) from lookahead_first on: average, then restart from it."""
-        if step < self.lookahead_first or step % LOOKAHEAD_EVERY:
-            return
-        if step == self.lookahead_first:
-            self.lookahead.update(decay=0.0)  # start the average at the current weights
-        else:
-            self.lookahead.update(LOOKAHEAD_DECAY * (step / self.total_steps) ** 3)
-        self.lookahead.write_back()
-
-    def lookahead_epoch_end(self, epoch: int) -> None:
-        """Once the lookahead has started, end the epoch on the average (validated and checkpointed as such).
-
-        This drops up to LOOKAHEAD_EVERY - 1 steps per epoch; airbench writes the average back once, at the end
-        of training. Chosen on validation (docs/results.md, run s7-la-end): the fast preset scored 94.10% this
-        way and 93.62% with the write-back at the end only.
-        """
-        if (epoch + 1) * self.steps_per_epoch >= self.lookahead_first:
-            self.lookahead.write_back()
+        seen = self.steps_per_epoch * plan["idx"].shape[1]
+        loss_sum, correct, seen = sum_over_ranks([*tally.sums(), seen], self.dist)
+        seconds = time.perf_counter() - start
+        return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "seconds": seconds, "images_per_s": seen / seconds}
 
     def eval_model(self) -> nn.Module:
         return self.ema.model if self.ema else self.model
@@ -390,8 +301,8 @@ class Trainer:
             raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if self.dist.main:
             world = f" x {self.dist.world} ranks" if self.dist.world > 1 else ""
-            print(f"training {cfg.arch} on {self.device}{world}, precision {self.precision}"
-                  f"{' (auto)' if cfg.precision == 'auto' else ''}", flush=True)  # fmt: skip
+            why = f" (auto: {auto_precision(self.device)[1]})" if cfg.precision == "auto" else ""
+            print(f"training {cfg.arch} on {self.device}{world}, precision {self.precision}{why}", flush=True)
         try:
             while self.epoch < cfg.epochs:
                 self.history.append(self.one_epoch())
@@ -461,8 +372,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             overwrite=True,
         )
         print(f"saved weights to {path} (sha256 {digest})", flush=True)
-    if trainer.dist.world > 1:
-        dist.barrier()
+    leave(trainer.dist)
     return history
 
 

@@ -1,0 +1,83 @@
+"""The training loop never waits on the device: no host sync per step, nothing per step built on the CPU.
+
+A GPU runs a fast-net step in a few milliseconds; a sync drains its queue and the host can no longer run ahead.
+Two CPU-side proofs: steps on the `meta` device (where any read of a value, or a stray CPU tensor, raises), and a
+count of the device-to-host reads (`aten._local_scalar_dense`) over real epochs.
+"""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from resnet5m.config import TrainConfig
+from resnet5m.errors import UserError
+from resnet5m.train import SYNC_EVERY, Tally, Trainer
+
+RECIPES = {
+    "ema": dict(ema=True, cutout=8, alternate_flip=True),
+    "lookahead+muon": dict(lookahead=True, optimizer="muon", muon_lr=0.1, bn_bias_lr_scale=4),
+}
+
+
+def config(cifar_dir, out, **kw) -> TrainConfig:
+    base = dict(arch="tiny", epochs=2, batch_size=8, lr=0.05, val_size=0, data_dir=str(cifar_dir), out=str(out),
+                quiet=True, download=False, precision="fp32")  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the reads of a tensor's value into Python (.item(), bool(t), int(t), .tolist() of a device tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.syncs += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_steps_run_on_the_meta_device(cifar_dir, tmp_path, recipe):
+    # lookahead starts after 3 epochs of steps: with 100 steps an epoch, step 300 on it runs inside this test.
+    trainer = Trainer(config(cifar_dir, tmp_path, device="meta", epochs=4, **RECIPES[recipe]))
+    assert trainer.padded.is_meta and next(trainer.model.parameters()).is_meta
+    plan = trainer.epoch_plan(0)
+    assert all(t.is_meta for t in plan.values())
+    tally = Tally(trainer.device)
+    trainer.scheduler.last_epoch = 3 * trainer.steps_per_epoch - 12  # so that the lookahead's first steps come up
+    for i in range(20):
+        trainer.step(plan, i, 32, None, tally)
+    assert tally.loss_sum.is_meta and tally.bad_step.is_meta
+    with pytest.raises(RuntimeError, match="meta"):
+        tally.check(0)  # the only read: every SYNC_EVERY steps, not in a step
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_an_epoch_reads_the_device_once_per_sync_interval(cifar_dir, tmp_path, recipe):
+    trainer = Trainer(config(cifar_dir, tmp_path, **RECIPES[recipe]))
+    steps = trainer.steps_per_epoch
+    assert steps == 1000 // 8 and steps > 2 * SYNC_EVERY
+    with SyncCounter() as counter:
+        row = trainer.train_epoch(0, 32)
+    # int(flag) at steps 50 and 100 and at the end (the epoch's sums are read with .tolist(), not counted on the CPU):
+    # 3 reads in 125 steps, where the loop used to read the loss at every step.
+    assert counter.syncs == steps // SYNC_EVERY + 1, counter.syncs
+    assert 0 < row["train_loss"] < 10
+
+
+def test_a_nan_loss_stops_within_the_sync_interval_naming_its_step(cifar_dir, tmp_path, monkeypatch):
+    trainer = Trainer(config(cifar_dir, tmp_path))
+    real = torch.nn.functional.cross_entropy
+    calls = []
+
+    def poisoned(*args, **kwargs):  # the loss of step 7 (1-based) and every later one is NaN
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 7 else loss
+
+    monkeypatch.setattr("resnet5m.train.F.cross_entropy", poisoned)
+    with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 1, step 7; lower --lr"):
+        trainer.train_epoch(0, 32)
+    assert len(calls) == SYNC_EVERY  # found at the first look, after step 50

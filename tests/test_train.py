@@ -334,3 +334,25 @@ def test_spec_archs_get_file_safe_run_folders_and_weights_names():
     assert TrainConfig(arch="resnet:1,1@16,32").out == "runs/resnet_1-1_16-32"
     assert TrainConfig(arch="fast").out == "runs/fast" and weights_name("seed") == "resnet5m_seed.pt"
     assert weights_name("bottleneck:3,4,6@48,96,192") == "resnet5m_bottleneck_3-4-6_48-96-192.pt"
+
+
+def test_validation_totals_need_no_float64_on_the_training_device(monkeypatch):
+    # MPS has no float64: the totals of a validation pass are summed on the CPU (or as NCCL needs, on CUDA).
+    import importlib
+
+    from resnet5m.distributed import Dist
+    from resnet5m.evaluate import EvalResult
+
+    def fake_evaluate(model, images, labels, **kwargs):
+        return EvalResult(accuracy=0.75, loss=0.5, n=len(labels), per_class={}, confusion=[], predictions=labels,
+                          seconds=1.0, tta=False, tta_shift=0)  # fmt: skip
+
+    train_module = importlib.import_module("resnet5m.train")  # the module, not its train()
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
+    made = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (made.append(k.get("device")), real_tensor(*a, **k))[1])
+    images, labels = torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.int64)
+    loss, acc, n = train_module.shard_totals(None, images, labels, Dist(), device=torch.device("mps"))
+    assert (loss, acc, n) == (0.5, 0.75, 8)
+    assert all(d is None or torch.device(d).type == "cpu" for d in made)  # nothing built on the training device

@@ -1,4 +1,5 @@
-"""The `resnet5m` command line: info, evaluate, predict, demo, calibrate, robustness, export, publish, train, design, sweep."""
+"""The `resnet5m` command line: info, evaluate, predict, demo, calibrate, robustness, export, publish, train, design, sweep,
+doctor."""
 
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def _module_commands() -> list[tuple[str, str, Callable, Callable]]:
     from .config import add_train_arguments
     from .demo import add_demo_arguments, cmd_demo
     from .design import add_design_arguments, cmd_design
+    from .doctor import add_doctor_arguments, cmd_doctor
     from .export import add_export_arguments, cmd_export
     from .predict import add_predict_arguments, cmd_predict
     from .publish import add_publish_arguments, cmd_publish
@@ -141,6 +143,8 @@ def _module_commands() -> list[tuple[str, str, Callable, Callable]]:
          add_design_arguments, cmd_design),
         ("sweep", "train candidate shapes on an equal small budget and rank them on validation",
          add_sweep_arguments, cmd_sweep),
+        ("doctor", "can this machine run resnet5m, and how fast: versions, devices, a few timed steps per precision",
+         add_doctor_arguments, cmd_doctor),
     ]  # fmt: skip
 
 

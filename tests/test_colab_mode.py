@@ -194,6 +194,29 @@ def test_setup_installs_a_checkout(
     del sys.modules[package]  # it was imported from a temp folder that goes away
 
 
+def test_setup_passes_over_a_plain_clone_that_imports_as_a_namespace(
+    helpers: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `!git clone ... resnet5m` in Colab's /content: a folder named like the package, without an __init__.py, on the
+    # path. It imports as a namespace package (no __file__); setup installs the clone instead of crashing on it.
+    package = "resnet5m_standin_clone"
+    clone = checkout(tmp_path / package, package)
+    site = tmp_path / "site"
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(tmp_path))  # the working folder holding the clone comes first, as in Jupyter
+    targets: list[str] = []
+
+    def install(target: str) -> None:
+        targets.append(target)
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text('__version__ = "9.9"\n')
+
+    helpers["make_importable"](package, [tmp_path / "notebooks", tmp_path, clone], "git+file:///nonexistent", install=install)
+    assert targets == [str(clone)] and f"{package}: installed from {clone}" in capsys.readouterr().out
+    assert sys.modules[package].__file__ == str(site / package / "__init__.py")
+    del sys.modules[package]
+
+
 def test_setup_falls_through_to_the_git_url(helpers: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     package = "resnet5m_standin_missing"
     repo = checkout(tmp_path / "repo", package)

@@ -1,18 +1,21 @@
-"""CUDA paths, run only where a GPU is visible: `python -m pytest -m gpu tests/test_gpu.py`."""
+"""CUDA paths, run only where a GPU is visible: `python -m pytest -m gpu tests/test_gpu.py`.
 
-import os
-import subprocess
-import sys
-import textwrap
+The training, evaluation, resume and rank checks are `resnet5m doctor`'s own, so a GPU machine without pytest runs
+the same checks through `resnet5m doctor` (.ci/gpu does that first).
+"""
 
 import pytest
 import torch
+from test_ddp import run_one_process
 
+from resnet5m import doctor
 from resnet5m.config import TrainConfig
 from resnet5m.evaluate import evaluate
+from resnet5m.synthetic import write_cifar
 from resnet5m.train import Trainer, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+CUDA = torch.device("cuda", 0)
 
 
 def config(cifar_dir, out, **kw) -> TrainConfig:
@@ -21,15 +24,29 @@ def config(cifar_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("precision", ["auto", "bf16", "fp16", "fp32"])
-def test_training_steps_in_each_precision(cifar_dir, tmp_path, precision):
-    history = train(config(cifar_dir, tmp_path, precision=precision))
-    assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["val_acc"] > 0.3
-    assert history[0]["precision"] in ("bf16", "fp16", "fp32")
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_cifar(tmp_path_factory.mktemp("gpu-data"), per_batch=1024, n_test=512)
+
+
+@pytest.mark.parametrize("precision", doctor.precisions_for(CUDA) if torch.cuda.is_available() else [])
+def test_fast_net_steps_in_each_precision(data, tmp_path, precision):
+    check = doctor.check_training(CUDA, precision, data, tmp_path, steps=5, batch_size=512)
+    assert check.ok and check.images_per_s > 0, check
+
+
+def test_evaluate_pass(data):
+    check = doctor.check_evaluate(CUDA, data)
+    assert check.ok, check
+
+
+def test_resume_is_bitwise_with_deterministic_kernels(data, tmp_path):
+    check = doctor.check_resume(CUDA, data, tmp_path)
+    assert check.ok, check.detail
 
 
 def test_fp16_resume_is_bitwise_on_the_gpu(cifar_dir, tmp_path):
-    kw = dict(precision="fp16", epochs=3, seed=2)
+    kw = dict(precision="fp16", epochs=3, seed=2, deterministic=True)
     train(config(cifar_dir, tmp_path / "straight", **kw))
     first = Trainer(config(cifar_dir, tmp_path / "cut", **kw))
     first.history.append(first.one_epoch())
@@ -52,19 +69,13 @@ def test_compiled_training_and_evaluation(cifar_dir, tmp_path, arch):
     assert res.n == 200 and 0 <= res.accuracy <= 1
 
 
-def test_one_process_ddp_over_nccl(cifar_dir, tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent("""
-        import sys, torch.distributed as dist
-        from resnet5m.config import TrainConfig
-        from resnet5m.train import train
-        train(TrainConfig(arch="tiny", epochs=1, batch_size=100, val_size=200, data_dir=sys.argv[1], out=sys.argv[2],
-                          quiet=True, download=False, device="cuda", sync_bn=True))
-        assert dist.get_backend() == "nccl"
-        dist.destroy_process_group()
-    """))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-           str(script), str(cifar_dir), str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "resnet5m_tiny.pt").is_file()
+def test_one_process_torchrun_goes_through_ddp_and_syncbn_over_nccl(cifar_dir, tmp_path):
+    seen = run_one_process(cifar_dir, tmp_path, "cuda")
+    assert seen == {"backend": "nccl", "net": "DistributedDataParallel", "world": 1, "sync_bn": True,
+                    "initialized_after": False}  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_two_ranks_over_nccl(data, tmp_path):
+    check = doctor.check_ranks(2, "cuda", data, tmp_path)
+    assert check.ok, check.detail

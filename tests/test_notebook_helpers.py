@@ -85,3 +85,8 @@ def test_every_code_cell_has_a_markdown_heading_before_it(cells: list[dict]) -> 
     headings = [c["text"].splitlines()[0] for c in cells if c["cell_type"] == "markdown" and c["text"].startswith("## ")]
     for section in ("Setup", "Google Drive", "Trained weights", "CIFAR-10", "Evaluate", "Plots", "Train"):
         assert any(section in h for h in headings), section
+
+
+def test_colab_opens_on_a_gpu_runtime() -> None:
+    meta = json.loads(NOTEBOOK.read_text())["metadata"]
+    assert meta["accelerator"] == "GPU" and meta["colab"]["gpuType"] == "T4"

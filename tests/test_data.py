@@ -121,3 +121,19 @@ def test_shared_copy_loads_fast_and_complete():
     assert torch.bincount(labels).tolist() == [5000] * 10
     test_images, test_labels = load_split("test", SHARED)
     assert len(test_labels) == 1017 and test_images.shape[1:] == (3, 32, 32)
+
+
+def test_normalize_builds_its_mean_and_std_once_per_device(monkeypatch):
+    # A tensor built from Python numbers on a GPU is a host-to-device copy: once per device, not once per batch.
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    first = normalize(images)
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (made.append(a), real(*a, **k))[1])
+    for _ in range(3):
+        assert torch.equal(normalize(images), first)
+    assert made == []
+    with torch.inference_mode():  # built there first, the cached tensors must still serve training
+        normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8, device="meta"))
+    x = torch.zeros(1, 3, 2, 2, device="meta", requires_grad=True)
+    assert (normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8, device="meta")) * x).requires_grad

@@ -25,6 +25,22 @@ def config(cifar_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+class CrossDeviceCopies(TorchDispatchMode):
+    """Counts copies whose source and result live on different devices (a CPU tensor sent to the device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            source = args[1] if func is torch.ops.aten.copy_.default else args[0]
+            if isinstance(source, torch.Tensor) and isinstance(out, torch.Tensor) and source.device != out.device:
+                self.copies += 1
+        return out
+
+
 class SyncCounter(TorchDispatchMode):
     """Counts the reads of a tensor's value into Python (.item(), bool(t), int(t), .tolist() of a device tensor)."""
 
@@ -47,8 +63,10 @@ def test_steps_run_on_the_meta_device(cifar_dir, tmp_path, recipe):
     assert all(t.is_meta for t in plan.values())
     tally = Tally(trainer.device)
     trainer.scheduler.last_epoch = 3 * trainer.steps_per_epoch - 12  # so that the lookahead's first steps come up
-    for i in range(20):
-        trainer.step(plan, i, 32, None, tally)
+    with CrossDeviceCopies() as copies:
+        for i in range(20):
+            trainer.step(plan, i, 32, None, tally)
+    assert copies.copies == 0  # the plan, mean/std and the running figures are on the device already
     assert tally.loss_sum.is_meta and tally.bad_step.is_meta
     with pytest.raises(RuntimeError, match="meta"):
         tally.check(0)  # the only read: every SYNC_EVERY steps, not in a step

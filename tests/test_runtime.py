@@ -104,3 +104,16 @@ def test_torchrun_rank_binds_its_own_gpu(fake_cuda, monkeypatch):
     with pytest.raises(UserError, match="LOCAL_RANK 4 but only 4 CUDA GPU"):
         runtime.pick_device("auto")
     assert runtime.pick_device("cpu") == torch.device("cpu")  # CPU ranks (gloo) ignore it
+
+
+def test_deterministic_cuda_means_fixed_kernels_without_autotuning(monkeypatch):
+    from resnet5m.config import TrainConfig
+    from resnet5m.runfolder import recipe_changes
+
+    for flag in ("benchmark", "deterministic"):  # restored after the test
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+    for deterministic in (True, False):
+        runtime.configure_cuda(deterministic)
+        assert torch.backends.cudnn.deterministic is deterministic and torch.backends.cudnn.benchmark is not deterministic
+    # A runtime choice, like the device: a run may resume with or without it.
+    assert recipe_changes({"deterministic": False}, TrainConfig(deterministic=True)) == []

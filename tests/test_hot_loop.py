@@ -95,7 +95,7 @@ def test_a_nan_loss_stops_within_the_sync_interval_naming_its_step(cifar_dir, tm
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) >= 7 else loss
 
-    monkeypatch.setattr("resnet5m.train.F.cross_entropy", poisoned)
+    monkeypatch.setattr("resnet5m.distill.F.cross_entropy", poisoned)
     with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 1, step 7; lower --lr"):
         trainer.train_epoch(0, 32)
     assert len(calls) == SYNC_EVERY  # found at the first look, after step 50

@@ -44,6 +44,9 @@ class TrainConfig:
     lookahead: bool = _f(False, "every 5 steps after epoch 3, pull an average of the weights towards them and go on from it")
     bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (PyTorch's: the newest batch's weight)")
     whiten_bias_epochs: int = _f(0, "fast/best nets: learn the whitening bias for the first N epochs only (0: always)")
+    teacher: str = _f("", "knowledge distillation: weights of a trained teacher (any format `evaluate` reads; empty: none)")
+    kd_weight: float = _f(0.5, "with --teacher: weight a of the teacher's soft targets, (1-a) for the labels")
+    kd_temperature: float = _f(4.0, "with --teacher: softmax temperature T of the soft targets (their term is scaled by T^2)")
     tta: bool = _f(True, "flip test-time augmentation at evaluation")
     tta_shift: int = _f(0, "also evaluate copies shifted diagonally by N pixels and average (0: off)")
     val_size: int = _f(5000, "hold out the last N training images for validation (0: train on all)")
@@ -143,6 +146,8 @@ def check_config(cfg: TrainConfig) -> None:
     whitened = isinstance(get_config(cfg.arch), FastConfig)  # the fast and best nets start with a whitening layer
     if cfg.whiten_bias_epochs < 0 or (cfg.whiten_bias_epochs and not whitened):
         raise UserError("--whiten-bias-epochs is for --arch fast or best (their whitening layer) and must be >= 0")
+    if not 0 <= cfg.kd_weight <= 1 or cfg.kd_temperature <= 0:
+        raise UserError("--kd-weight must be in 0..1 and --kd-temperature > 0")
     parse_progressive(cfg.progressive, cfg.epochs)
 
 

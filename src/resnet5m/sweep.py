@@ -157,7 +157,8 @@ def progress_text(row: dict) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> dict:
     specs = read_specs(args.specs) if args.specs else top_specs(args.top)
-    given = {"batch_size": args.batch_size, "lr": args.lr}
+    given = {"batch_size": args.batch_size, "lr": args.lr, "teacher": args.teacher, "kd_weight": args.kd_weight,
+             "kd_temperature": args.kd_temperature}  # fmt: skip
     overrides = {k: v for k, v in given.items() if v is not None}  # left out: the seed recipe's
     ranked = sweep(specs, args.out, args.epochs, args.size, subset=args.subset, val_size=args.val_size,
                    data_dir=args.data_dir, **overrides)  # fmt: skip
@@ -179,5 +180,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=positive_int, default=5000, help="held-out training images to rank on (default: 5000)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default: the seed recipe's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the seed recipe's)")
+    p.add_argument("--teacher", help="distil every candidate from these weights (see `resnet5m train --teacher`)")
+    p.add_argument("--kd-weight", type=float, help="with --teacher: weight of its soft targets (default: train's)")
+    p.add_argument("--kd-temperature", type=float, help="with --teacher: temperature of its soft targets (default: train's)")
     p.add_argument("--out", required=True, help="sweep folder: one run folder per candidate, sweep.csv and sweep.png")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -28,6 +27,7 @@ from .averaging import EMA, Lookahead, ema_warmup
 from .checkpoint import save_weights
 from .config import TrainConfig, check_config, command_line, config_from_args, parse_progressive, weights_name
 from .data import load_split, model_input
+from .distill import Teacher, distillation_loss
 from .distributed import Dist, init_distributed, leave, sum_over_ranks, sync_from_rank0
 from .errors import UserError
 from .evaluate import evaluate, views_text
@@ -130,6 +130,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = grad_scaler(self.device, self.precision)  # fp16 only: scaled losses keep small gradients
+        self.teacher = Teacher(cfg.teacher, self.device) if cfg.teacher else None
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.lookahead = Lookahead(self.model, self.steps_per_epoch, self.total_steps) if cfg.lookahead else None
         self.history: list[dict] = []
@@ -156,6 +157,7 @@ class Trainer:
             "ema": self.ema.model.state_dict() if self.ema else None,
             "lookahead": self.lookahead.model.state_dict() if self.lookahead else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "teacher_sha256": self.teacher and self.teacher.sha256,
             "rng": self.rng_state(),
             "history": self.history,
         }
@@ -173,6 +175,9 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         state = read_run(self.out, self.cfg, self.device)
+        if state.get("teacher_sha256") != (self.teacher and self.teacher.sha256):
+            raise UserError(f"cannot resume {self.out}: --teacher {self.cfg.teacher} is not the file this run was distilled "
+                            f"from (sha256 {state.get('teacher_sha256')}); pass that file")  # fmt: skip
         before = state["history"][-1].get("precision") if state["history"] else None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -235,10 +240,14 @@ class Trainer:
 
     def step(self, plan: dict[str, torch.Tensor], i: int, size: int, frozen: nn.Parameter | None, tally: Tally) -> None:
         """Optimizer step i of an epoch's plan, at size x size pixels. Nothing in it waits for the device."""
+        cfg = self.cfg
         x, y = self.batch(plan, i)
+        x = model_input(x, size)
         with autocast(self.device, self.precision):
-            logits = self.net(model_input(x, size))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+            logits = self.net(x)
+            target = self.teacher(x) if self.teacher else None  # the same augmented batch
+        loss = distillation_loss(logits.float(), target, y, weight=cfg.kd_weight, temperature=cfg.kd_temperature,
+                                 label_smoothing=cfg.label_smoothing)  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if frozen is not None:
@@ -366,7 +375,8 @@ def train(cfg: TrainConfig) -> list[dict]:
             trainer.eval_model(),
             cfg.arch,
             metrics=metrics,
-            recipe={**asdict(cfg), "precision": trainer.precision},  # the precision used, not "auto"
+            # the precision used, not "auto"; the teacher by content, not only by path
+            recipe={**asdict(cfg), "precision": trainer.precision, "teacher_sha256": trainer.teacher and trainer.teacher.sha256},
             history=history,
             extra=extra,
             overwrite=True,

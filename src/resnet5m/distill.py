@@ -1,0 +1,55 @@
+"""Knowledge distillation: a trained teacher's softened predictions as a second target for the student.
+
+loss = (1 - a) * CE(student, labels; label smoothing) + a * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+(Hinton, Vinyals and Dean, 2015). T^2 keeps the soft term's gradients on the scale of the hard term's as T grows.
+The teacher sees the student's own augmented batch, in eval mode, without gradients, under the same autocast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .formats import load_any
+from .model import ResNet, fold_batchnorm
+from .runtime import prepare
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *, weight: float, temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
+    """The batch-mean loss above for fp32 logits (B, classes); without a teacher (or at weight 0) the plain CE."""
+    hard = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    if teacher is None or weight == 0:
+        return hard
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher.float() / t, 1), reduction="batchmean", log_target=True)
+    return (1 - weight) * hard + weight * t * t * soft
+
+
+class Teacher(nn.Module):
+    """A trained network from any weights file `evaluate` reads, frozen in eval mode on the training device."""
+
+    def __init__(self, path: str | os.PathLike, device: torch.device) -> None:
+        super().__init__()
+        loaded = load_any(path)
+        if loaded.cpu_only and device.type != "cpu":
+            raise UserError(f"teacher {path} is a {loaded.format} model, which runs on the CPU only; "
+                            "give an fp32 or fp16 weights file as --teacher")  # fmt: skip
+        net = loaded.model.eval()
+        # BatchNorm folded into the convs: the same eval-mode numerics, about 14% faster on the CPU.
+        self.net = prepare(fold_batchnorm(net) if isinstance(net, ResNet) else net, device).requires_grad_(False)
+        self.sha256, self.arch = loaded.sha256, loaded.arch
+
+    @torch.no_grad()  # not inference_mode: the logits are a target that the loss's backward keeps
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - always eval: its BN statistics are part of it
+        return super().train(False)

@@ -91,7 +91,7 @@ def test_override_comes_first(tmp_path: Path, repo_file: Path) -> None:
     mine = tmp_path / "mine.pt"
     mine.write_bytes(b"my own run")
     choice = resolve(tmp_path, override=mine, expected_sha256=GOOD_SHA)
-    assert choice.source == "override" and choice.path == mine  # the user's file is not held to the published sha256
+    assert choice.source == "override" and choice.path == mine  # the user's file is not held to the manifest's sha256
     missing = resolve(tmp_path, override=tmp_path / "nope.pt")
     assert missing.source == "repo" and "does not exist" in messages(missing)["override"]
 

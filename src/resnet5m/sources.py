@@ -235,7 +235,7 @@ def repo_weights_url(repo_url: str = REPO_URL, name: str = WEIGHTS_NAME, branch:
 def _try_override(path: Path) -> tuple[Path, str]:
     if not path.is_file():
         raise SourceFailed(f"{path} (from {WEIGHTS_ENV} or the override argument) does not exist")
-    return path, sha256_of(path)  # the user's own choice: reported, not checked against the published sha256
+    return path, sha256_of(path)  # the user's own choice: reported, not checked against the manifest's sha256
 
 
 def _try_drive(drive_dir: Path | None, name: str, expected: str | None) -> tuple[Path, str]:

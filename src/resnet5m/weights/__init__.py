@@ -7,8 +7,8 @@
 - manifest: the shipped weights with their sha256 and measured figures (manifest.json);
 - shipped: a shipped file from a checkout's weights/, else downloaded and verified.
 
-The rest of the package imports from here; these modules import nothing of it beyond the model, its files
-and runtime helpers, so no import runs back.
+The rest of the package imports from here; these modules import only the layers below them (errors, files,
+model, config, quantize, runtime), so no import runs back into the commands that use them.
 """
 
 from .formats import INT8_FORMAT, INT8_FORMAT_VERSION, META_KEY, ONNX_HINT, LoadedModel, detect_format, load_any, open_weights

@@ -2,7 +2,7 @@ import json
 import tempfile
 
 from resnet5m.bench import main
-from resnet5m.checkpoint import load_weights
+from resnet5m.weights import load_weights
 
 
 def test_pipeline_reports_step_times(capsys):

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from test_checkpoint import randomized
 
 from resnet5m.calibration import calibration_figures, fit_temperature
-from resnet5m.checkpoint import load_weights, save_weights, sha256_of
 from resnet5m.cli import main
 from resnet5m.data import load_split
 from resnet5m.evaluate import evaluate, expected_calibration_error, reliability_bins
+from resnet5m.files import sha256_of
 from resnet5m.model import build_model
+from resnet5m.weights import load_weights, save_weights
 
 VAL = 200  # the last 200 of the 1,000 generated training images
 

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet5m.checkpoint import atomic_save, load_weights, save_weights, sha256_of, staged
 from resnet5m.errors import UserError
+from resnet5m.files import atomic_save, sha256_of, staged
 from resnet5m.model import build_model
+from resnet5m.weights import load_weights, save_weights
 
 
 class OriginalBlock(nn.Module):
@@ -105,6 +106,32 @@ def test_module_prefixed_state_dict_loads(tmp_path):
     assert torch.equal(loaded.model.state_dict()["bn1.running_mean"], model.state_dict()["bn1.running_mean"])
 
 
+@pytest.mark.parametrize("key", ["model_state_dict", "state_dict", "net", "model"])
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "_orig_mod.module."])
+def test_common_checkpoint_layouts_load(tmp_path, key, prefix):
+    # Training checkpoints saved the common way: the state dict next to the epoch and the optimizer's state, its
+    # keys prefixed by DataParallel/DDP (module.), torch.compile (_orig_mod.) or both.
+    model = randomized(build_model("tiny"))
+    state = {f"{prefix}{k}": v for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.save({key: state, "epoch": 7, "optimizer_state_dict": optimizer.state_dict()}, tmp_path / "ckpt.pt")
+    loaded = load_weights(tmp_path / "ckpt.pt")
+    assert loaded.arch == "tiny"
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v), k
+
+
+def test_an_unknown_layout_is_refused_naming_its_keys(tmp_path):
+    model = build_model("tiny")
+    torch.save({"weights": model.state_dict(), "epoch": 3}, tmp_path / "odd.pt")
+    expected = r"odd.pt holds no model state dict \(found keys 'weights', 'epoch'\); expected .* under 'model_state_dict'"
+    with pytest.raises(UserError, match=expected):
+        load_weights(tmp_path / "odd.pt")
+    torch.save({}, tmp_path / "empty.pt")
+    with pytest.raises(UserError, match=r"found an empty dict"):
+        load_weights(tmp_path / "empty.pt")
+
+
 def test_whole_pickled_model_is_refused(tmp_path):
     torch.save(build_model("tiny"), tmp_path / "whole.pt")
     with pytest.raises(UserError, match="pickled Python object.*state_dict"):
@@ -152,7 +179,7 @@ def test_truncated_or_junk_files_are_refused(tmp_path, content):
 
 def test_non_checkpoint_object_is_refused(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(UserError, match="holds no model state dict"):
+    with pytest.raises(UserError, match=r"holds no model state dict \(found a list\)"):
         load_weights(tmp_path / "list.pt")
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_checkpoint import OriginalResNet, randomized
 
-from resnet5m.checkpoint import save_weights
 from resnet5m.cli import main
 from resnet5m.model import build_model
+from resnet5m.weights import save_weights
 
 
 def run_json(capsys, argv):

@@ -18,7 +18,6 @@ from test_checkpoint import randomized
 
 from resnet5m import demo as dm
 from resnet5m import export as ex
-from resnet5m.checkpoint import save_weights
 from resnet5m.cli import main
 from resnet5m.data import CLASSES
 from resnet5m.errors import UserError
@@ -26,6 +25,7 @@ from resnet5m.gradcam import overlay
 from resnet5m.inputs import read_inputs
 from resnet5m.model import build_model
 from resnet5m.predict import predict_with
+from resnet5m.weights import save_weights
 
 EXAMPLES = sorted(dm.EXAMPLES_DIR.glob("*.png"))
 

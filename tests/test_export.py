@@ -1,5 +1,5 @@
 """Export formats: each round-trips through `resnet5m export` (export.py, quantize.py) and `resnet5m evaluate`
-(formats.py) on generated data; the measurement table (export_table.py) runs on all of them."""
+(weights/formats.py) on generated data; the measurement table (export_table.py) runs on all of them."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from conftest import write_cifar
 from test_checkpoint import randomized
 
 from resnet5m import export as ex
-from resnet5m import export_table, formats, quantize
-from resnet5m.checkpoint import load_weights, save_weights
+from resnet5m import export_table, quantize
 from resnet5m.cli import main
 from resnet5m.data import load_split, normalize
 from resnet5m.errors import UserError
 from resnet5m.evaluate import evaluate
 from resnet5m.model import build_model
+from resnet5m.weights import formats, load_weights, save_weights
 
 N_TEST = 40
 

@@ -26,7 +26,7 @@ def code(cells: list[dict]) -> list[dict]:
 
 
 def test_committed_outputs_show_the_shipped_weights_on_real_data(cells: list[dict]) -> None:
-    from resnet5m.checkpoint import load_weights
+    from resnet5m.weights import load_weights
 
     outputs = [o for c in code(cells) for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error" or o.get("name") == "stderr"]
@@ -35,11 +35,18 @@ def test_committed_outputs_show_the_shipped_weights_on_real_data(cells: list[dic
     metrics = shipped.meta["metrics"]
     # re-execute the notebook (README: jupyter nbconvert --execute) whenever the shipped weights change
     assert f"sha256 {shipped.sha256}" in text
+    assert f"{sources.WEIGHTS_NAME} (sha256 verified)" in text  # the shipped file, checked against the manifest
     assert f"test accuracy {100 * metrics['test_acc']:.2f}%" in text and f"on {metrics['test_n']:,} images" in text
     for cell in code(cells):
         if "display(plots." in cell["text"] and "new run" not in cell["text"]:  # the new-run comparison needs TRAIN
             images = [o for o in cell["outputs"] if "image/png" in o.get("data", {})]
             assert len(images) == cell["text"].count("display(plots."), cell["text"][:80]
+
+
+def test_own_images_go_through_resnet5m_load(cells: list[dict]) -> None:
+    # The Python entry point, which normalizes inside: the notebook shows the way users are told to take.
+    own = next(c for c in code(cells) if "MY_IMAGES =" in c["text"])
+    assert "resnet5m.load(choice.path" in own["text"] and ".predict(" in own["text"]
 
 
 def test_checked_cell_output_is_current(cells: list[dict], capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,7 +62,8 @@ def test_checked_cell_output_is_current(cells: list[dict], capsys: pytest.Captur
 
 
 def test_addresses_match_the_package(cells: list[dict]) -> None:
-    # sources.py holds the repository address; the badge and the setup cell's form field must repeat it exactly.
+    # The package holds the repository address (weights/shipped.py, as sources.REPO_URL); the badge and the setup
+    # cell's form field must repeat it exactly.
     assert f"]({sources.COLAB_URL})" in cells[0]["text"]
     assert "colab-badge.svg" in cells[0]["text"]
     setup = next(c["text"] for c in code(cells) if "#@param" in c["text"])

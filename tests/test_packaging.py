@@ -22,7 +22,8 @@ def test_installed_metadata_carries_the_expression():
 
 
 def test_the_wheel_carries_the_package_data(tmp_path):
-    # Colab installs a regular (non-editable) wheel: the demo's examples and the measured sweeps must be in it.
+    # Colab installs a regular (non-editable) wheel: the demo's examples, the measured sweeps and the manifest of the
+    # shipped weights must be in it.
     import shutil
     import subprocess
     import sys
@@ -39,4 +40,5 @@ def test_the_wheel_carries_the_package_data(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     src = ROOT / "src"
     data = sorted(src.glob("resnet5m/demo_examples/*.png")) + sorted(src.glob("resnet5m/results/*.csv"))
+    data.append(src / "resnet5m" / "weights" / "manifest.json")
     assert data and {p.relative_to(src).as_posix() for p in data} <= names

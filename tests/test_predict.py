@@ -16,13 +16,13 @@ from PIL import Image
 from test_checkpoint import randomized
 
 from resnet5m import export as ex
-from resnet5m.checkpoint import load_weights, save_weights
 from resnet5m.cli import main
 from resnet5m.data import CLASSES
 from resnet5m.errors import UserError
 from resnet5m.evaluate import evaluate
 from resnet5m.inputs import read_inputs
 from resnet5m.model import build_model
+from resnet5m.weights import load_weights, save_weights
 
 
 def pixels(n: int, seed: int = 0, size: tuple[int, int] = (32, 32)) -> np.ndarray:

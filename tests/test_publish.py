@@ -3,9 +3,9 @@ import torch
 from test_checkpoint import randomized
 from test_cli import run_json
 
-from resnet5m.checkpoint import load_weights, save_weights
 from resnet5m.cli import main
 from resnet5m.model import build_model
+from resnet5m.weights import entry_for, load_weights, save_weights
 
 
 @pytest.fixture
@@ -30,6 +30,10 @@ def test_publish_records_the_test_figures_and_keeps_the_rest(trained, tmp_path, 
     assert evaluated["accuracy"] == out["test_acc"] and evaluated["weights_sha256"] == out["sha256"]
     plain = run_json(capsys, ["evaluate", "--weights", str(out_path), "--data-dir", str(cifar_dir), "--no-tta", "--json"])
     assert plain["accuracy"] == out["test_acc_no_tta"]
+    # the file's entry for the manifest of shipped weights, as the manifest test reads it back from the file
+    entry = out["manifest"]["tiny"]
+    assert entry == entry_for(out_path).to_dict() and entry["sha256"] == out["sha256"]
+    assert (entry["test_acc"], entry["test_acc_one_view"], entry["test_n"]) == (out["test_acc"], plain["accuracy"], 200)
 
     source, published = load_weights(trained), load_weights(out_path)
     assert published.meta["metrics"]["val_acc"] == 0.5 and published.meta["history"] == [{"epoch": 1, "val_acc": 0.5}]
@@ -48,5 +52,7 @@ def test_publish_never_replaces_a_file_without_force(trained, tmp_path, cifar_di
     assert out_path.read_bytes() == b"user data"
     assert main(argv + ["--force", "--no-tta"]) == 0
     assert load_weights(out_path).meta["metrics"]["test_tta"] is False
+    printed = capsys.readouterr().out
+    assert "add the entry in src/resnet5m/weights/manifest.json:\n" in printed and '"tiny": {' in printed
     assert main(["publish", "--weights", str(trained), "--out", str(trained), "--data-dir", str(cifar_dir), "--force"]) == 2
     assert "must differ" in capsys.readouterr().err

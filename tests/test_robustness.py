@@ -10,10 +10,10 @@ import torch
 from matplotlib.figure import Figure
 
 from resnet5m import plots
-from resnet5m.checkpoint import save_weights
 from resnet5m.cli import main
 from resnet5m.model import build_model
 from resnet5m.robustness import CORRUPTIONS, SEVERITIES, corrupt, table
+from resnet5m.weights import save_weights
 
 REQUIRED = {"gaussian_noise", "gaussian_blur", "jpeg", "contrast", "brightness", "pixelate", "rotate"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 
 from resnet5m import sources
 from resnet5m.errors import UserError
+from resnet5m.weights import MANIFEST
 
+ROOT = Path(__file__).resolve().parents[1]
 GOOD = b"published weights"
 GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
 QUOTA = (
@@ -88,7 +91,7 @@ def test_override_comes_first(tmp_path: Path, repo_file: Path) -> None:
     mine = tmp_path / "mine.pt"
     mine.write_bytes(b"my own run")
     choice = resolve(tmp_path, override=mine, expected_sha256=GOOD_SHA)
-    assert choice.source == "override" and choice.path == mine  # the user's file is not held to the published sha256
+    assert choice.source == "override" and choice.path == mine  # the user's file is not held to the manifest's sha256
     missing = resolve(tmp_path, override=tmp_path / "nope.pt")
     assert missing.source == "repo" and "does not exist" in messages(missing)["override"]
 
@@ -385,13 +388,21 @@ def test_run_note_says_where_it_resumes(tmp_path: Path) -> None:
 
 
 def test_the_notebook_can_pick_other_shipped_weights(tmp_path: Path) -> None:
-    # The notebook's WEIGHTS variable: the fast net's file is looked for by its own name, with no seed hash.
+    # The notebook's WEIGHTS variable: each shipped net's file is looked for by its own name, checked against its sha256.
+    for arch, entry in MANIFEST.items():
+        assert sources.published(arch) == (sources.GDRIVE_ID if arch == "seed" else None, entry.sha256)
+    assert sources.published("tiny") == (None, None)  # not shipped: nothing to check a file against
     name = sources.weights_name("fast")
-    assert sources.published("fast") == (None, None)
-    assert sources.published("seed") == (sources.GDRIVE_ID, sources.EXPECTED_SHA256)
-    missing = resolve(tmp_path, name=name, repo_weights=tmp_path / "repo" / "weights" / name)
+    _, sha = sources.published("fast")
+    lookup = {"name": name, "expected_sha256": sha, "repo_weights": tmp_path / "repo" / "weights" / name}
+    missing = resolve(tmp_path, **lookup)
     assert not missing.found and f"put {name} in the Drive folder" in missing.report()
-    (tmp_path / "drive").mkdir(exist_ok=True)
-    (tmp_path / "drive" / name).write_bytes(GOOD)
-    found = resolve(tmp_path, drive_dir=tmp_path / "drive", name=name, repo_weights=tmp_path / "repo" / "weights" / name)
-    assert (found.path, found.source) == (tmp_path / "drive" / name, "drive")
+    drive = tmp_path / "drive"
+    drive.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "weights" / name, drive / name)
+    found = resolve(tmp_path, drive_dir=drive, **lookup)
+    assert (found.path, found.source, found.sha256) == (drive / name, "drive", sha)
+    assert "sha256 verified" in messages(found)["drive"]
+    (drive / name).write_bytes(GOOD)  # another file under the fast net's name
+    refused = resolve(tmp_path, drive_dir=drive, **lookup)
+    assert not refused.found and f"expected {sha[:16]}" in messages(refused)["drive"]

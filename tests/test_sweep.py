@@ -9,7 +9,6 @@ import pytest
 from matplotlib.figure import Figure
 
 from resnet5m import plots
-from resnet5m.checkpoint import load_weights
 from resnet5m.cli import main
 from resnet5m.design import write_csv
 from resnet5m.errors import UserError
@@ -17,6 +16,7 @@ from resnet5m.model import ARCHS
 from resnet5m.runfolder import CHECKPOINT
 from resnet5m.sweep import SWEEP_COLUMNS, candidate_config, measured_sweeps, read_specs, read_sweep_csv, sweep, top_specs
 from resnet5m.train import Trainer
+from resnet5m.weights import load_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPECS = ["resnet:1,1@16,32", "bottleneck:1,1@8,16"]

@@ -25,13 +25,13 @@ import torch.nn.functional as F
 
 from . import augment
 from .argtypes import fraction, positive_int
-from .checkpoint import load_weights
 from .config import command_line, recipe, weights_name
 from .data import DATA_DIR_HELP, model_input
 from .errors import UserError
 from .model import build_model
 from .runtime import autocast, pick_device, prepare
 from .train import train
+from .weights import load_weights
 
 
 def _time_steps(step, n: int) -> float:

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .argtypes import positive_int
-from .checkpoint import save_weights
 from .data import DATA_DIR_HELP, load_split
 from .errors import UserError
-from .evaluate import ECE_BINS, batched_logits, expected_calibration_error, open_weights, recipe_views, views_text
+from .evaluate import ECE_BINS, batched_logits, expected_calibration_error, recipe_views, views_text
+from .weights import open_weights, save_weights
 
 VAL_SIZE = 5000  # `resnet5m train`'s default held-out split: the last 5,000 training images
 # Keys save_weights writes itself; everything else in the source file's metadata is carried over.

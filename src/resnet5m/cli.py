@@ -13,7 +13,7 @@ from .argtypes import nonnegative_int, positive_int
 from .data import DATA_DIR_HELP
 from .errors import UserError
 from .runtime import PRECISIONS
-from .weights import default_weights
+from .weights import default_weights, open_weights
 
 
 def cmd_info(args: argparse.Namespace) -> dict:
@@ -44,7 +44,7 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from .data import load_split
-    from .evaluate import ECE_BINS, evaluate, open_weights, recipe_views, temperature_of
+    from .evaluate import ECE_BINS, evaluate, recipe_views, temperature_of
     from .runtime import resolve_precision
 
     weights = Path(args.weights) if args.weights else default_weights(args.arch or "seed")

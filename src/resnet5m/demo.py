@@ -23,19 +23,16 @@ from torch import nn
 from .argtypes import positive_int
 from .data import CLASSES
 from .errors import UserError
-from .evaluate import open_weights
-from .formats import LoadedModel
 from .gradcam import gradcam, overlay
 from .inputs import SIZE, Inputs, Unreadable, has_transparency, read_image
 from .predict import predict_with
-from .weights import default_weights
+from .weights import MANIFEST, LoadedModel, default_weights, open_weights
 
 if TYPE_CHECKING:
     import gradio
 
 INSTALL_HINT = 'pip install -e ".[demo]"'
 EXAMPLES_DIR = Path(__file__).with_name("demo_examples")
-SHIPPED = ("seed", "fast", "best")  # offered when weights/resnet5m_<arch>.pt exists
 TOP_K = 5
 SCALE = 8  # the 32x32 views are shown 256 px wide
 # Larger images are refused before they are decoded: the net sees 32x32 pixels, so a smaller copy gives the
@@ -62,10 +59,10 @@ def weight_choices(weights: str | os.PathLike | None = None, arch: str | None = 
     choices: dict[str, Path] = {}
     if weights:
         choices[str(weights)] = Path(weights)
-    for name in SHIPPED:
+    for name in MANIFEST:
         try:
             path = default_weights(name)
-        except UserError:  # e.g. weights/resnet5m_best.pt before the best net ships
+        except UserError:  # neither in a checkout nor downloadable (no network): not offered
             continue
         if not (weights and path.resolve() == Path(weights).resolve()):  # the given file is not listed twice
             choices[name] = path

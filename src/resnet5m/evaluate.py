@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import CLASSES, model_input
-from .errors import UserError
-from .formats import LoadedModel, load_any
 from .model import ResNet, fold_batchnorm
-from .runtime import autocast, pick_device, prepare
+from .runtime import autocast
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error, as in Guo et al. (2017)
 
@@ -164,17 +160,6 @@ def expected_calibration_error(confidences: torch.Tensor, correct: torch.Tensor,
 def temperature_of(meta: dict) -> float:
     """The softmax temperature a weights file records (`resnet5m calibrate`); 1.0 when it records none."""
     return float(recorded(meta, "temperature") or 1.0)
-
-
-def open_weights(weights: str | os.PathLike, arch: str | None, device: str) -> tuple[LoadedModel, nn.Module, torch.device]:
-    """Load any weights format and place it on the device it can run on: (file, runnable model, device)."""
-    dev = pick_device(device)
-    loaded = load_any(weights, arch=arch)  # our .pt (fp32/fp16), int8, TorchScript or ONNX; prepare() moves it
-    if loaded.cpu_only and dev.type != "cpu":  # int8 kernels and our onnxruntime session exist on the CPU only
-        if device != "auto":
-            raise UserError(f"{Path(weights)} is a {loaded.format} model, which runs on the CPU only; use --device cpu")
-        dev = pick_device("cpu")
-    return loaded, prepare(loaded.model, dev), dev
 
 
 def evaluate(

@@ -1,7 +1,7 @@
 """Small-storage deployment: write weights as fp16, int8, TorchScript or ONNX.
 
 `resnet5m export` writes one format; `resnet5m evaluate` reads each of them back through
-formats.load_any; `python -m resnet5m.export_table` measures size, accuracy and CPU speed of every
+weights.load_any; `python -m resnet5m.export_table` measures size, accuracy and CPU speed of every
 format and prints the markdown table kept in the README.
 
 Formats:
@@ -28,11 +28,20 @@ import torch
 from torch import nn
 
 from .argtypes import positive_int
-from .checkpoint import LoadedWeights, atomic_save, load_weights, save_weights, sha256_of, staged
 from .errors import UserError
-from .formats import INT8_FORMAT, INT8_FORMAT_VERSION, META_KEY, ONNX_HINT, load_any
+from .files import atomic_save, sha256_of, staged
 from .quantize import calibration_split, check_inputs, quantize_int8, quiet
-from .weights import default_weights
+from .weights import (
+    INT8_FORMAT,
+    INT8_FORMAT_VERSION,
+    META_KEY,
+    ONNX_HINT,
+    LoadedWeights,
+    default_weights,
+    load_any,
+    load_weights,
+    save_weights,
+)
 
 FORMATS = ("fp16", "int8", "torchscript", "onnx")
 SUFFIXES = {"fp16": ".pt", "int8": ".pt", "torchscript": ".ts", "onnx": ".onnx"}

@@ -25,7 +25,7 @@ from .argtypes import nonnegative_int, positive_int
 from .data import DATA_DIR_HELP, normalize
 from .errors import UserError
 from .export import FORMATS, default_out, export
-from .formats import load_any
+from .weights import load_any
 
 
 def _median_seconds(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:

@@ -1,9 +1,10 @@
-"""Reading your own images for `resnet5m predict`: image files, folders, globs, .npy/.npz arrays, CIFAR-style pickles.
+"""Reading your own images for `resnet5m predict` and the Classifier: files, folders, globs, arrays, pickles, PIL images.
 
-Everything becomes uint8 (N, 3, 32, 32) RGB: other sizes are resized with antialiasing, grayscale, palette
+Files become uint8 (N, 3, 32, 32) RGB: other sizes are resized with antialiasing, grayscale, palette
 and transparent images are converted (transparency over white). A file that cannot be decoded is skipped
 with its reason; content of the wrong kind (an array of another shape, a pickle without `data`) is an error.
-Pickles are read with an unpickler that builds nothing but plain containers and numpy arrays.
+Pickles are read with an unpickler that builds nothing but plain containers and numpy arrays. In memory,
+`as_images` takes tensors, arrays and PIL images too, and `check_pixels` holds them to uint8 or 0-1 floats.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ EXPECTED = "uint8 images of shape (N, 32, 32, 3), (N, 3, 32, 32) or (N, 3072) ro
 # npz members looked up by name, in this order; a file with one array needs no name
 NPZ_IMAGES = ("data", "images", "x", "X")
 NPZ_LABELS = ("labels", "y", "Y")
+PIXELS = "uint8 (0-255) or float (0-1) images (N, 3, H, W)"
+PIXEL_SLACK = 1e-3  # float pixels this far outside 0..1 are rounding, not another scale
 # What numpy arrays need to be unpickled (numpy 1 and 2 module names; protocols 2 to 5); nothing else is built.
 _PICKLE_GLOBALS = {
     *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")),
@@ -172,13 +175,20 @@ def read_image(path: Path) -> tuple[torch.Tensor, bool]:
         with Image.open(path) as image:
             resized = image.size != (SIZE, SIZE)
             image.draft("RGB", (SIZE, SIZE))  # JPEG: decode a large photo at a reduced scale (still >= 32 px), much faster
-            rgb = _to_rgb(image)
+            pixels = pixels_of(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise Unreadable(f"not a readable image ({type(e).__name__}: {e})") from e
-    pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
-    if pixels.shape[1:] != (SIZE, SIZE):
-        pixels = TF.resize(pixels, [SIZE, SIZE], antialias=True)
-    return pixels, resized
+    return fit_size(pixels), resized
+
+
+def pixels_of(image: object) -> torch.Tensor:
+    """A Pillow image of any mode -> uint8 (3, H, W) RGB, transparency over white."""
+    return torch.from_numpy(np.asarray(_to_rgb(image)).copy()).permute(2, 0, 1)
+
+
+def fit_size(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or float (..., 3, H, W) -> (..., 3, 32, 32), antialiased: how every image of other size is made to fit."""
+    return images if images.shape[-2:] == (SIZE, SIZE) else TF.resize(images, [SIZE, SIZE], antialias=True)
 
 
 def has_transparency(image: object) -> bool:
@@ -231,3 +241,71 @@ def read_inputs(args: Sequence[str], strict: bool = False) -> Inputs:
         ids += part.ids if part.ids is not None else list(range(len(ids), len(ids) + len(part.images)))
     labels = [p.labels if p.labels is not None else torch.full((len(p.images),), -1, dtype=torch.int64) for p in parts]
     return Inputs(torch.cat([p.images for p in parts]), ids, torch.cat(labels), skipped, resized)
+
+
+def check_pixels(x: object) -> torch.Tensor:
+    """x as a batch (N, 3, H, W) of uint8 (0-255) or float (0-1) pixels; anything else is a UserError saying what to pass.
+
+    Floats outside 0..1 are refused rather than guessed at: pixels scaled to 0-255, or already normalized, would
+    otherwise give confident wrong answers.
+    """
+    if not isinstance(x, torch.Tensor):
+        kind = type(x).__name__
+        raise UserError(f"expected {PIXELS} as a tensor, got a {kind}; predict() also reads arrays, PIL images and paths")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3:
+        hint = "; for channels-last images pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] == 3 else ""
+        raise UserError(f"expected {PIXELS}, got shape {tuple(x.shape)}{hint}")
+    if x.dtype == torch.uint8:
+        return x
+    if not x.is_floating_point():
+        raise UserError(f"expected {PIXELS}, got {x.dtype}; pass x.to(torch.uint8) for 0-255 values")
+    if x.numel():
+        low, high = (v.item() for v in torch.aminmax(x.detach().float()))
+        if low < -PIXEL_SLACK or high > 1 + PIXEL_SLACK:
+            raise UserError(
+                f"float pixels must lie in 0-1, these run from {low:.3g} to {high:.3g}: pass uint8 images as they are, "
+                "float ones divided by 255 and not normalized (the classifier normalizes them itself)"
+            )
+    return x
+
+
+def as_images(images: object) -> torch.Tensor:
+    """Images in any form the classifier takes -> a batch (N, 3, H, W) of uint8 or float (0-1) pixels.
+
+    A tensor (N, 3, H, W) or (3, H, W); a numpy array in those layouts, channels last (as PIL and OpenCV give
+    them) or as CIFAR rows (N, 3072); a PIL image; a path, folder or glob (read as `resnet5m predict` reads
+    them); or a list of any of these, each resized to 32x32 so that they stack.
+    """
+    if isinstance(images, torch.Tensor):
+        return check_pixels(images)
+    if isinstance(images, np.ndarray):
+        return check_pixels(_array_pixels(images))
+    if isinstance(images, (str, os.PathLike)):
+        return read_inputs([os.fspath(images)], strict=True).images
+    if _is_pil_image(images):
+        return pixels_of(images)[None]
+    if isinstance(images, (list, tuple)) and images:
+        parts = [fit_size(as_images(item)) for item in images]
+        if any(p.dtype != torch.uint8 for p in parts):  # mixed kinds: all as 0-1 floats
+            parts = [p.float() / 255 if p.dtype == torch.uint8 else p.float() for p in parts]
+        return torch.cat(parts)
+    raise UserError(
+        f"cannot read images from a {type(images).__name__}: pass a tensor, a numpy array, a PIL image, a path or a list of them"
+    )
+
+
+def _array_pixels(array: np.ndarray) -> torch.Tensor:
+    if array.ndim <= 2:  # CIFAR rows (N, 3072), or one row
+        return from_array(array, "the array")
+    pixels = torch.from_numpy(np.ascontiguousarray(array))
+    if pixels.shape[-1] == 3 and pixels.shape[-3] != 3:  # channels last: (H, W, 3) or (N, H, W, 3)
+        pixels = pixels.movedim(-1, -3)
+    return pixels
+
+
+def _is_pil_image(obj: object) -> bool:
+    from PIL import Image
+
+    return isinstance(obj, Image.Image)

@@ -18,14 +18,13 @@ import torch
 from torch import nn
 
 from .argtypes import positive_int
-from .checkpoint import staged
 from .data import CLASSES
 from .errors import UserError
-from .evaluate import batched_logits, open_weights, recipe_views, temperature_of, views_text
-from .formats import LoadedModel
+from .evaluate import batched_logits, recipe_views, temperature_of, views_text
+from .files import staged
 from .inputs import Inputs, read_inputs
 from .runtime import resolve_precision
-from .weights import default_weights
+from .weights import LoadedModel, default_weights, open_weights
 
 TABLE_ROWS_WITH_CSV = 10  # the CSV holds every row; the terminal gets a preview
 
@@ -69,7 +68,7 @@ def predict(
 def predict_with(
     loaded: LoadedModel, model: nn.Module, device: torch.device, inputs: Inputs, *, batch_size: int = 200, progress: bool = False
 ) -> Predictions:
-    """predict() with weights already opened by open_weights(): for callers that keep a model across calls (the demo)."""
+    """predict() with weights already opened by weights.open_weights(): for callers that keep a model across calls (the demo)."""
     tta, shift = recipe_views(loaded.meta)
     precision = loaded.precision  # graph and int8 models run as stored; eager ones under evaluate's default autocast
     logits, seconds = batched_logits(

@@ -3,20 +3,22 @@
 `resnet5m train` saves weights with their recipe, history and validation figures; the test split is
 never looked at during a run (unless --test). Publishing is the one place the test figure is taken
 and written into the file that ships in `weights/`, so the file states its own accuracy and on how
-many images it was measured.
+many images it was measured. It also prints the file's entry for the manifest of shipped weights
+(weights/manifest.json in the package), which every download of a shipped file is checked against.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
-from .checkpoint import load_weights, save_weights
 from .data import DATA_DIR_HELP, load_split
 from .errors import UserError
 from .evaluate import evaluate, recipe_views
 from .runtime import pick_device, prepare
+from .weights import MANIFEST, entry_for, load_weights, save_weights
 
 # Keys save_weights writes itself; everything else in the source file's metadata is carried over.
 _REWRITTEN = {"format", "format_version", "arch", "config", "params", "metrics", "recipe", "history", "torch_version", "created"}
@@ -63,7 +65,7 @@ def publish(
         overwrite=force,
     )
     out_meta = {"weights": str(out), "sha256": digest, "source_sha256": loaded.sha256, "arch": loaded.arch, "views": res.views}
-    return {**out_meta, **metrics}
+    return {**out_meta, **metrics, "manifest": {loaded.arch: entry_for(out, loaded.arch).to_dict()}}
 
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,4 +87,8 @@ def cmd_publish(args: argparse.Namespace) -> dict:
     if not args.json:
         print(f"test accuracy {100 * out['test_acc']:.2f}% on {out['test_n']:,} images{out['views']}")
         print(f"wrote {out['weights']} (sha256 {out['sha256']})")
+        (name,) = out["manifest"]
+        action = "replace the entry" if name in MANIFEST else "add the entry"
+        print(f"to ship it, copy it to weights/ and {action} in src/resnet5m/weights/manifest.json:")
+        print(json.dumps(out["manifest"], indent=2)[2:-2])  # the entry without the enclosing braces, ready to paste
     return out

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .argtypes import positive_int
 from .data import DATA_DIR_HELP, load_split
-from .evaluate import evaluate, open_weights, recipe_views, views_text
-from .weights import default_weights
+from .evaluate import evaluate, recipe_views, views_text
+from .weights import default_weights, open_weights
 
 SEED = 0
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save, staged
 from .config import RUNTIME_FIELDS, TrainConfig
 from .errors import UserError
+from .files import atomic_save, staged
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"

@@ -19,23 +19,19 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import sha256_of
 from .config import TrainConfig, weights_name
 from .data import ENV_VAR as DATA_ENV
 from .errors import UserError
+from .files import sha256_of
 from .model import get_config, safe_name
 from .runfolder import CHECKPOINT
-from .weights import WEIGHTS_DIR
+from .weights import MANIFEST, REPO, REPO_URL, checkout_candidates, raw_weights_url
 
-# The repository, in this one place; the notebook's badge and install cell repeat it (a test checks they agree).
-REPO = "resnet5m/resnet5m"  # placeholder until the repository's real address is known
-REPO_URL = f"https://github.com/{REPO}"
 COLAB_URL = f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/resnet5m_cifar10.ipynb"
 
-# The published trained weights: a Google Drive file id and its sha256 (None until they are published).
+# The seed net's weights on Google Drive: a file id (None until published there); its sha256 is the manifest's.
 GDRIVE_ID: str | None = None
-EXPECTED_SHA256: str | None = None
-WEIGHTS_NAME = "resnet5m_seed.pt"
+WEIGHTS_NAME = weights_name("seed")
 WEIGHTS_ENV = "RESNET5M_WEIGHTS"  # a weights file to use before any other source (local runs, tests)
 
 DRIVE_MOUNT = "/content/drive"
@@ -232,21 +228,14 @@ def url_fetch(url: str, timeout: float = 60.0) -> Callable[[Path], None]:
 
 
 def repo_weights_url(repo_url: str = REPO_URL, name: str = WEIGHTS_NAME, branch: str = "main") -> str:
-    """The download address of weights/<name> in the repository (GitHub's /raw/ also serves Git LFS files)."""
-    return f"{repo_url}/raw/{branch}/weights/{name}"
-
-
-def repo_weights_candidates(name: str = WEIGHTS_NAME, start: str | os.PathLike | None = None) -> list[Path]:
-    """Where a checkout keeps weights/<name>: under start (default: cwd), its parent (notebooks/ runs), the package's checkout."""
-    start = Path(start) if start is not None else Path.cwd()
-    candidates = [start / "weights" / name, start.parent / "weights" / name, WEIGHTS_DIR / name]
-    return list(dict.fromkeys(p.resolve() for p in candidates))  # without duplicates, in order
+    """The download address of weights/<name> in the repository."""
+    return f"{raw_weights_url(repo_url, branch)}/{name}"
 
 
 def _try_override(path: Path) -> tuple[Path, str]:
     if not path.is_file():
         raise SourceFailed(f"{path} (from {WEIGHTS_ENV} or the override argument) does not exist")
-    return path, sha256_of(path)  # the user's own choice: reported, not checked against the published sha256
+    return path, sha256_of(path)  # the user's own choice: reported, not checked against the manifest's sha256
 
 
 def _try_drive(drive_dir: Path | None, name: str, expected: str | None) -> tuple[Path, str]:
@@ -262,9 +251,10 @@ def _try_drive(drive_dir: Path | None, name: str, expected: str | None) -> tuple
 
 
 def _try_gdrive(gdrive_id: str | None, expected: str | None, folder: Path, name: str) -> tuple[Path, str]:
-    if not gdrive_id or not expected:
-        # Without a published sha256 a download could not be verified, so it is not attempted.
-        raise SourceFailed("no published Google Drive file id and sha256 yet (sources.GDRIVE_ID / EXPECTED_SHA256)")
+    if not gdrive_id:
+        raise SourceFailed("no published Google Drive file id yet (sources.GDRIVE_ID)")
+    if not expected:  # a download that could not be verified is not attempted
+        raise SourceFailed(f"no sha256 in the manifest of shipped weights for {name}, so no download to check")
     return download_verified(gdown_fetch(gdrive_id), folder, name, expected)
 
 
@@ -281,13 +271,13 @@ def _try_repo(candidates: list[Path], repo_url: str | None, expected: str | None
 def _sha_note(source: str, expected_sha256: str | None) -> str:
     if source == "override":
         return "chosen explicitly; sha256 not checked"
-    return "sha256 verified" if expected_sha256 else "sha256 not checked: none published yet"
+    return "sha256 verified" if expected_sha256 else "sha256 not checked: not in the manifest of shipped weights"
 
 
 def resolve_weights(
     drive_dir: str | os.PathLike | None,
     gdrive_id: str | None = GDRIVE_ID,
-    expected_sha256: str | None = EXPECTED_SHA256,
+    expected_sha256: str | None = None,
     repo_weights: str | os.PathLike | None = None,
     *,
     override: str | os.PathLike | None = None,
@@ -300,12 +290,13 @@ def resolve_weights(
 
     Order: override (e.g. $RESNET5M_WEIGHTS); <drive_dir>/<name>; the Google Drive file gdrive_id via gdown;
     the repository's weights/<name> (repo_weights on disk, else downloaded from repo_url when given).
-    Downloads land in download_dir (default: drive_dir, else ~/.cache/resnet5m) and are checked against
-    expected_sha256. validate(path), e.g. a trial load, may raise UserError to reject a file.
+    Every file but the override is checked against expected_sha256 (published(arch) gives the manifest's);
+    downloads land in download_dir (default: drive_dir, else ~/.cache/resnet5m). validate(path), e.g. a trial
+    load, may raise UserError to reject a file.
     """
     drive = Path(drive_dir) if drive_dir is not None else None
     folder = Path(download_dir) if download_dir is not None else drive or CACHE_DIR
-    repo = [Path(repo_weights)] if repo_weights is not None else repo_weights_candidates(name)
+    repo = [Path(repo_weights)] if repo_weights is not None else checkout_candidates(name)
     sources: list[tuple[str, Callable[[], tuple[Path, str]]]] = []
     if override:
         sources.append(("override", lambda: _try_override(Path(override))))
@@ -329,8 +320,11 @@ def resolve_weights(
 
 
 def published(arch: str) -> tuple[str | None, str | None]:
-    """(Google Drive file id, sha256) of an arch's published weights: (None, None) for all but the seed net's."""
-    return (GDRIVE_ID, EXPECTED_SHA256) if weights_name(arch) == WEIGHTS_NAME else (None, None)
+    """(Google Drive file id, sha256) of an arch's shipped weights, the sha256 from the manifest; (None, None) if not shipped."""
+    entry = MANIFEST.get(arch)
+    if entry is None:
+        return None, None
+    return (GDRIVE_ID if entry.file == WEIGHTS_NAME else None), entry.sha256
 
 
 # --- data and training ----------------------------------------------------------------------------

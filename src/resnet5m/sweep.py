@@ -15,13 +15,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from .argtypes import nonnegative_int, positive_int
-from .checkpoint import read_checkpoint
 from .config import TrainConfig, recipe
 from .data import DATA_DIR_HELP
 from .design import REFERENCES, design_map, sample_front, write_csv
 from .errors import UserError
 from .model import ARCHS, build_model, count_params, get_config, macs_per_image, safe_name
 from .runfolder import CHECKPOINT, recipe_changes
+from .weights import read_checkpoint
 
 SWEEP_COLUMNS = ("spec", "params", "macs", "val_acc", "val_loss", "seconds", "images_per_s", "note")
 LOG = "train.log"

@@ -1,6 +1,7 @@
 """Reading any weights format back: our checkpoint (fp32/fp16), int8 files, TorchScript and ONNX.
 
-`resnet5m evaluate` reads every format through `load_any`; `detect_format` tells them apart by content.
+Every command reads weights through `load_any` (or `open_weights`, which also places the model on its device);
+`detect_format` tells the formats apart by content.
 The int8 loader rebuilds the quantized graph (see quantize.int8_from_state) instead of unpickling code,
 and no file is loaded beyond tensors and plain containers. The format identifiers written by
 export.py live here too, next to the code that reads them.
@@ -18,10 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import read_checkpoint, sha256_of, weights_from
-from .errors import UserError
-from .model import config_from_dict, get_config
-from .quantize import int8_from_state, quiet
+from ..errors import UserError
+from ..files import sha256_of
+from ..model import config_from_dict, get_config
+from ..quantize import int8_from_state, quiet
+from ..runtime import pick_device, prepare
+from .read import read_checkpoint, weights_from
 
 INT8_FORMAT = "resnet5m-int8"
 INT8_FORMAT_VERSION = 1
@@ -159,3 +162,14 @@ def load_any(path: str | os.PathLike, arch: str | None = None, device: torch.dev
         model = OnnxModule(path)
         return LoadedModel(model, _check_arch(arch, model.meta, path), sha256_of(path), "onnx", model.meta)
     return _load_torch_file(path, arch, device)
+
+
+def open_weights(weights: str | os.PathLike, arch: str | None, device: str) -> tuple[LoadedModel, nn.Module, torch.device]:
+    """Load any weights format and place it on the device it can run on: (file, runnable model, device)."""
+    dev = pick_device(device)
+    loaded = load_any(weights, arch=arch)  # our .pt (fp32/fp16), int8, TorchScript or ONNX; prepare() moves it
+    if loaded.cpu_only and dev.type != "cpu":  # int8 kernels and our onnxruntime session exist on the CPU only
+        if device != "auto":
+            raise UserError(f"{Path(weights)} is a {loaded.format} model, which runs on the CPU only; use --device cpu")
+        dev = pick_device("cpu")
+    return loaded, prepare(loaded.model, dev), dev

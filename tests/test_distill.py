@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet5m.checkpoint import save_weights
 from resnet5m.config import TrainConfig
 from resnet5m.distill import distillation_loss
 from resnet5m.errors import UserError
 from resnet5m.model import build_model
 from resnet5m.runfolder import CHECKPOINT
 from resnet5m.train import Trainer, train
+from resnet5m.weights import save_weights
 
 
 def test_loss_against_hand_computed_values():

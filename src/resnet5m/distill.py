@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .formats import load_any
 from .model import ResNet, fold_batchnorm
 from .runtime import prepare
+from .weights import load_any
 
 
 def distillation_loss(

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from . import augment
 from .averaging import EMA, Lookahead, ema_warmup
-from .checkpoint import save_weights
 from .config import TrainConfig, check_config, command_line, config_from_args, parse_progressive, weights_name
 from .data import load_split, model_input
 from .distill import Teacher, distillation_loss
@@ -35,6 +34,7 @@ from .model import build_model
 from .optim import batchnorms, make_optimizer, make_scheduler
 from .runfolder import CHECKPOINT, RUN_FORMAT, read_run, write_run
 from .runtime import auto_precision, autocast, configure_cuda, grad_scaler, pick_device, prepare, resolve_precision
+from .weights import save_weights
 
 FIT_IMAGES = 5000  # training images a data-dependent initialisation looks at
 SYNC_EVERY = 50  # steps between looks at the divergence flag: the loop's only host sync within an epoch

@@ -145,8 +145,9 @@ def flips_seen(trainer: Trainer, epoch: int) -> dict[int, bool]:
     originals = {bytes(x.numpy()): i for i, x in enumerate(trainer.train_x)}
     mirrored = {bytes(x.flip(-1).numpy()): i for i, x in enumerate(trainer.train_x)}
     seen = {}
-    for xb, _ in trainer.batches(epoch):
-        for x in xb:
+    plan = trainer.epoch_plan(epoch)
+    for step in range(trainer.steps_per_epoch):
+        for x in trainer.batch(plan, step)[0]:
             key = bytes(x.numpy())
             seen[originals[key] if key in originals else mirrored[key]] = key not in originals
     return seen

@@ -232,12 +232,6 @@ class Trainer:
         params["flip"] = params["flip"].bool()
         return augment.apply(self.padded[idx], params, self.cfg.cutout), self.train_y[idx]
 
-    def batches(self, epoch: int):
-        """Yield (augmented uint8 images, labels) of this rank for every step of an epoch."""
-        plan = self.epoch_plan(epoch)
-        for step in range(self.steps_per_epoch):
-            yield self.batch(plan, step)
-
     def step(self, plan: dict[str, torch.Tensor], i: int, size: int, frozen: nn.Parameter | None, tally: Tally) -> None:
         """Optimizer step i of an epoch's plan, at size x size pixels. Nothing in it waits for the device."""
         cfg = self.cfg

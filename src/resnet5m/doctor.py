@@ -32,7 +32,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .model import build_model
 from .runfolder import CHECKPOINT
-from .runtime import auto_precision, configure_cuda, pick_device, prepare
+from .runtime import auto_precision, pick_device, prepare
 from .synthetic import write_cifar
 from .train import Trainer, train
 
@@ -211,8 +211,6 @@ def run_checks(steps: int = 3) -> dict:
         for device in devices_at_hand():
             batch = 64 if device.type == "cpu" else 512
             data = write_cifar(root / f"data-{device.type}", per_batch=max(steps * batch // 5, 64), n_test=batch)
-            if device.type == "cuda":
-                configure_cuda(deterministic=False)
             for precision in precisions_for(device):
                 out = root / f"train-{device.type}-{precision}"
                 checks.append(run_one(f"train fast {precision}", device, check_training, device, precision, data, out,

@@ -91,5 +91,7 @@ def test_resume_refuses_another_teacher(cifar_dir, tmp_path, teacher_file):
     save_weights(mine, build_model("tiny"), "tiny", overwrite=True)  # the same path, another network
     with pytest.raises(UserError, match="is not the file this run was distilled from"):
         train(config(cifar_dir, tmp_path / "run", mine, epochs=2, resume=True))
+    with pytest.raises(UserError, match="--teacher .*nope.pt: no such file; give the weights file"):
+        Trainer(config(cifar_dir, tmp_path / "none", tmp_path / "nope.pt"))
     with pytest.raises(UserError, match="--kd-weight must be in 0..1"):
         Trainer(config(cifar_dir, tmp_path / "bad", teacher_file, kd_weight=1.5))

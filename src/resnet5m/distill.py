@@ -9,6 +9,7 @@ The teacher sees the student's own augmented batch, in eval mode, without gradie
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,8 @@ class Teacher(nn.Module):
 
     def __init__(self, path: str | os.PathLike, device: torch.device) -> None:
         super().__init__()
+        if not Path(path).is_file():  # said here: load_any's own message would point at --weights
+            raise UserError(f"--teacher {path}: no such file; give the weights file of a trained network")
         loaded = load_any(path)
         if loaded.cpu_only and device.type != "cpu":
             raise UserError(f"teacher {path} is a {loaded.format} model, which runs on the CPU only; "

@@ -110,6 +110,8 @@ class Trainer:
         if self.device.type == "cuda":
             configure_cuda(cfg.deterministic)
         self.out = Path(cfg.out)
+        # Before the data and the seed: a missing teacher fails at once, and its loading draws nothing the run sees.
+        self.teacher = Teacher(cfg.teacher, self.device) if cfg.teacher else None
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
         for m in batchnorms(self.model):
@@ -130,7 +132,6 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = grad_scaler(self.device, self.precision)  # fp16 only: scaled losses keep small gradients
-        self.teacher = Teacher(cfg.teacher, self.device) if cfg.teacher else None
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.lookahead = Lookahead(self.model, self.steps_per_epoch, self.total_steps) if cfg.lookahead else None
         self.history: list[dict] = []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -16,3 +19,45 @@ __all__ = ["SHARED", "make_batch", "write_cifar"]
 def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated CIFAR-10 copy: 1,000 training and 200 test images."""
     return write_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+class _FillingFile:
+    """A real file on a disk that fills up: what fits is written, then the write fails as a full disk's does."""
+
+    def __init__(self, file, room: list[int], code: int) -> None:
+        self.file, self.room, self.code = file, room, code
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        if len(data) > self.room[0]:
+            self.file.write(data[: self.room[0]])
+            self.room[0] = 0
+            raise OSError(self.code, os.strerror(self.code))
+        self.room[0] -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def __enter__(self) -> _FillingFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+@pytest.fixture
+def disk_fills_after(monkeypatch: pytest.MonkeyPatch):
+    """disk_fills_after(n[, errno]): from now on, files that resnet5m opens for writing fail after n more bytes in all."""
+    import resnet5m.files
+
+    def fill(n: int, code: int = errno.ENOSPC) -> None:
+        room = [n]
+
+        def filling_open(path, mode="r", *args, **kwargs):
+            file = builtins.open(path, mode, *args, **kwargs)
+            return _FillingFile(file, room, code) if any(c in mode for c in "wax+") else file
+
+        monkeypatch.setattr(resnet5m.files, "open", filling_open, raising=False)
+
+    return fill

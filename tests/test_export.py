@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import errno
 import importlib.util
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -152,15 +150,10 @@ def test_export_refuses_to_overwrite(tiny_weights: Path, data_dir: Path, tmp_pat
     assert formats.detect_format(out) == "torchscript"
 
 
-def test_export_on_a_full_disk_is_one_line_naming_the_out_path(tiny_weights: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_export_on_a_full_disk_is_one_line_naming_the_out_path(tiny_weights: Path, tmp_path: Path, capsys, disk_fills_after):
     out = tmp_path / "tiny_fp16.pt"
     out.write_bytes(b"keep me")
-
-    def full_disk(obj, f, *args, **kwargs):
-        f.write(b"partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(torch, "save", full_disk)
+    disk_fills_after(1000)
     code, _, err = _run(["export", "--weights", str(tiny_weights), "--format", "fp16", "--out", str(out), "--force"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"could not write {out}: No space left on device" in err and "choose another --out" in err  # not the temp name

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
 import math
 import time
@@ -33,6 +34,7 @@ from .argtypes import nonnegative_int, positive_int
 from .config import recipe
 from .data import model_input
 from .errors import UserError
+from .files import write_text
 from .model import ARCHS, BLOCKS, PARAM_LIMIT, ResNetConfig, build_model, get_config, resnet_costs, resnet_macs, resnet_params
 from .runtime import autocast, prepare
 
@@ -169,12 +171,11 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str]) -> None:
     """rows as a CSV file with these columns (missing values empty)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def cmd_design(args: argparse.Namespace) -> dict:

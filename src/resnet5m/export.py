@@ -29,7 +29,7 @@ from torch import nn
 
 from .argtypes import positive_int
 from .errors import UserError
-from .files import atomic_save, sha256_of, staged
+from .files import atomic_save, sha256_of, staged, write_bytes
 from .quantize import calibration_split, check_inputs, quantize_int8, quiet
 from .weights import (
     INT8_FORMAT,
@@ -121,8 +121,9 @@ def _write_int8(loaded: LoadedWeights, tmp: Path, meta: dict, calibration: torch
 def _write_torchscript(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module:
     with quiet(), torch.no_grad():
         traced = torch.jit.trace(loaded.model.eval(), check_inputs(2))
-        with open(tmp, "wb") as f:  # a Python file object: a full disk is an OSError that staged() explains
-            torch.jit.save(traced, f, _extra_files={META_KEY: json.dumps(meta)})
+        archive = io.BytesIO()  # in memory, then staged: torch's own zip writer hides a full disk (see atomic_save)
+        torch.jit.save(traced, archive, _extra_files={META_KEY: json.dumps(meta)})
+    write_bytes(tmp, archive.getbuffer())
     return load_any(tmp).model
 
 
@@ -138,19 +139,22 @@ def _write_onnx(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module | Non
     meta["onnx_exporter"] = "torch.export (dynamo=True)" if dynamo else "TorchScript-based (dynamo=False)"
     try:
         with quiet(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+            # Built in memory, then written by write_bytes below: the exporters' own writes would not go through staged().
             if dynamo:
                 dynamic = ({0: torch.export.Dim("batch")},)
-                torch.onnx.export(model, (example,), str(tmp), dynamo=True, dynamic_shapes=dynamic, external_data=False, **names)
+                program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, **names)
+                proto = program.model_proto
             else:
                 axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
-                torch.onnx.export(model, (example,), str(tmp), dynamo=False, dynamic_axes=axes, opset_version=17, **names)
+                buffer = io.BytesIO()
+                torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes, opset_version=17, **names)
+                proto = onnx.load_from_string(buffer.getvalue())
     except Exception as e:  # exporter failures come as many types (version mismatches, unsupported ops)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"ONNX export failed with the {meta['onnx_exporter']} exporter ({type(e).__name__}: {first})") from e
-    proto = onnx.load(str(tmp))
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
+    write_bytes(tmp, proto.SerializeToString())
     if not _has_module("onnxruntime"):
         return None  # written and checked, but cannot be run here
     return load_any(tmp).model

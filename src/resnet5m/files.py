@@ -1,7 +1,8 @@
 """Files written safely: a sha256, a staged write that never leaves half a file, torch.save through it.
 
-Weights, training checkpoints, exports and prediction CSVs are all written through `staged`, so a crash, a full
-disk or a folder that cannot be written leaves any previous file as it was and says so in one line.
+Every file the package writes (weights, training checkpoints and histories, exports, figures, CSVs, sweep results)
+is built in memory and written by `write_bytes` or `write_text` through `staged`, so a crash, a full disk or a
+folder that cannot be written leaves any previous file as it was and says so in one line.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -77,12 +79,24 @@ def _umask() -> int:
     return mask
 
 
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """data as the file at path, through staged(): all or nothing, a full disk or a read-only folder in one line."""
+    with staged(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """text (UTF-8) as the file at path, through write_bytes."""
+    write_bytes(path, text.encode())
+
+
 def atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> None:
     """torch.save through a staged temp file; refuse an existing path unless overwrite."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists; choose another path or remove it first")
-    # Through a Python file object, so a full disk raises OSError(ENOSPC), which staged() explains, rather than
-    # the RuntimeError of torch's own file writer; the archive's inner folder is then always "archive", not the temp name.
-    with staged(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+    # Into memory first: on a full disk torch's zip writer raises RuntimeError("unexpected pos ...") from its exit
+    # and hides the OSError(ENOSPC) that staged() explains. The archive's inner folder is then always "archive".
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getbuffer())

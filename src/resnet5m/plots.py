@@ -8,6 +8,7 @@ In Jupyter, show one with `display(fig)`.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from numpy.typing import ArrayLike
 
 from .data import CLASSES
 from .evaluate import ECE_BINS, EvalResult, reliability_bins
+from .files import write_bytes
 from .gradcam import Explained
 from .model import PARAM_LIMIT
 
@@ -32,8 +34,9 @@ History = Sequence[Mapping[str, float]]
 def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     if save is not None:
         path = Path(save)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        image = io.BytesIO()  # rendered in memory, then staged: a full disk never leaves half a PNG
+        fig.savefig(image, format=path.suffix[1:] or "png", dpi=120)
+        write_bytes(path, image.getbuffer())
     return fig
 
 

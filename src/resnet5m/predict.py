@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from .argtypes import positive_int
 from .data import CLASSES
 from .errors import UserError
 from .evaluate import batched_logits, recipe_views, temperature_of, views_text
-from .files import staged
+from .files import write_text
 from .inputs import Inputs, read_inputs
 from .runtime import resolve_precision
+from .text import plural
 from .weights import LoadedModel, default_weights, open_weights
 
 TABLE_ROWS_WITH_CSV = 10  # the CSV holds every row; the terminal gets a preview
@@ -117,12 +119,13 @@ def check_csv_path(path: Path, force: bool) -> None:
 
 def write_csv(pred: Predictions, path: Path, labels: str = "index", probs: bool = False) -> None:
     """ID,Labels rows (class index or name), plus one probability column per class with probs; written atomically."""
-    with staged(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ID", "Labels"] + (list(CLASSES) if probs else []))
-        for i, (label, row) in enumerate(zip(pred.predicted.tolist(), pred.probs.tolist(), strict=True)):
-            cells = [f"{p:.6f}" for p in row] if probs else []
-            writer.writerow([pred.inputs.ids[i], CLASSES[label] if labels == "name" else label, *cells])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["ID", "Labels"] + (list(CLASSES) if probs else []))
+    for i, (label, row) in enumerate(zip(pred.predicted.tolist(), pred.probs.tolist(), strict=True)):
+        cells = [f"{p:.6f}" for p in row] if probs else []
+        writer.writerow([pred.inputs.ids[i], CLASSES[label] if labels == "name" else label, *cells])
+    write_text(path, text.getvalue())
 
 
 def summary(pred: Predictions) -> list[str]:
@@ -177,5 +180,5 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"… {len(pred.probs) - rows:,} more rows in {args.csv}")
     if args.csv:
         write_csv(pred, args.csv, args.labels, args.probs)
-    notes = summary(pred) + ([f"wrote     {args.csv} ({len(pred.probs):,} rows)"] if args.csv else [])
+    notes = summary(pred) + ([f"wrote     {args.csv} ({plural(len(pred.probs), 'row')})"] if args.csv else [])
     print("\n".join(notes), file=sys.stderr if args.json_lines else sys.stdout)

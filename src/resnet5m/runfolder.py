@@ -10,7 +10,7 @@ import torch
 
 from .config import RUNTIME_FIELDS, TrainConfig
 from .errors import UserError
-from .files import atomic_save, staged
+from .files import atomic_save, write_text
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
@@ -20,8 +20,7 @@ RUN_FORMAT = "resnet5m-run"
 def write_run(out: Path, state: dict, history: list[dict]) -> None:
     """Replace out/checkpoint.pt and out/history.json; a crash mid-write leaves the previous pair intact."""
     atomic_save(state, out / CHECKPOINT)
-    with staged(out / HISTORY) as tmp:
-        tmp.write_text(json.dumps(history, indent=1))
+    write_text(out / HISTORY, json.dumps(history, indent=1))
 
 
 def read_run(out: Path, cfg: TrainConfig, device: torch.device) -> dict:

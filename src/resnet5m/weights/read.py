@@ -60,6 +60,16 @@ def _fitting_arch(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _foreign(state: dict[str, torch.Tensor]) -> str:
+    """What to say of a state dict that fits no resnet5m network and no ResNet of the original layout."""
+    keys = ", ".join(list(state)[:3])
+    if {"conv1.weight", "bn1.weight", "fc.weight"} <= state.keys():
+        return (f"a torchvision-style ResNet (keys {keys}, ...), not a resnet5m network, whose layers it does not map onto; "
+                "fine-tune resnet5m.load(...).net instead")  # fmt: skip
+    return (f"its keys ({keys}, ...) fit no resnet5m network (seed, fast, best, tiny) and no ResNet of the original "
+            "project's layout; if it is a resnet5m network of a custom shape, pass --arch SPEC")  # fmt: skip
+
+
 def _lookalike(state: dict[str, torch.Tensor], arch: str, recorded: str | None) -> str:
     """What the weights are, for a mismatch message, and the --arch that loads them."""
     if recorded in ARCHS and recorded != arch:
@@ -125,9 +135,10 @@ def weights_from(
         elif meta.get("arch") in ARCHS:
             config = get_config(meta["arch"])
         else:
-            config = infer_config(state)
+            fitting = _fitting_arch(state)
+            config = get_config(fitting) if fitting else infer_config(state)
         if config is None:
-            raise UserError(f"{path}: cannot tell the architecture from its keys; pass --arch NAME")
+            raise UserError(f"{path}: {_foreign(state)}")
         arch = meta.get("arch") or arch_name(config) or "custom"
     else:
         config = get_config(arch)

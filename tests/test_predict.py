@@ -20,7 +20,7 @@ from resnet5m.cli import main
 from resnet5m.data import CLASSES
 from resnet5m.errors import UserError
 from resnet5m.evaluate import evaluate
-from resnet5m.inputs import read_inputs
+from resnet5m.inputs import pixels_of, read_inputs
 from resnet5m.model import build_model
 from resnet5m.weights import load_weights, save_weights
 
@@ -252,8 +252,10 @@ def test_content_of_the_wrong_kind_is_one_line_naming_what_was_expected(content,
 
 def test_empty_folders_missing_paths_and_no_readable_image_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"folder .*empty holds no files \(searched recursively\)"):
+        read_inputs([str(tmp_path / "empty")])
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    with pytest.raises(UserError, match=r"holds no images: expected files ending in \.png"):
+    with pytest.raises(UserError, match=r"no readable images among the 1 input file\(s\); the first, .*notes.txt: not a"):
         read_inputs([str(tmp_path / "empty")])
     with pytest.raises(UserError, match="not found"):
         read_inputs([str(tmp_path / "missing.png")])
@@ -262,3 +264,84 @@ def test_empty_folders_missing_paths_and_no_readable_image_are_one_line(tmp_path
     (tmp_path / "junk.png").write_bytes(b"junk")
     with pytest.raises(UserError, match="no readable images among the 1 input file"):
         read_inputs([str(tmp_path / "junk.png")])
+
+
+# ---------------------------------------------------------------- every Pillow mode
+
+
+def _modes() -> dict[str, tuple[Image.Image, np.ndarray]]:
+    """mode -> (an image in that mode, the 8-bit RGB image it was made from, as the net should see it)."""
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    as_rgb = lambda g: np.repeat(g[..., None], 3, -1)  # noqa: E731
+    opaque = rng.random((32, 32)) < 0.7
+    alpha = np.where(opaque, 255, 0).astype(np.uint8)
+    bw = np.where(gray > 127, 255, 0).astype(np.uint8)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    index = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    p = Image.frombytes("P", (32, 32), index.tobytes())  # the palette image of `index`
+    p.putpalette(palette.flatten().tolist())
+    p_clear = p.copy()
+    p_clear.info["transparency"] = int(index[0, 0])
+    clear = (index == index[0, 0])[..., None]
+    pa = p.convert("PA")
+    pa.putalpha(Image.fromarray(alpha))
+    white = np.full((32, 32, 3), 255, np.uint8)
+    over_white = lambda x: np.where(opaque[..., None], x, white)  # noqa: E731
+    return {
+        "1": (Image.fromarray(bw).convert("1", dither=Image.Dither.NONE), as_rgb(bw)),
+        "L": (Image.fromarray(gray), as_rgb(gray)),
+        "LA": (Image.merge("LA", [Image.fromarray(gray), Image.fromarray(alpha)]), over_white(as_rgb(gray))),
+        "P": (p, palette[index]),
+        "P transparency": (p_clear, np.where(clear, white, palette[index])),
+        "PA": (pa, over_white(palette[index])),
+        "I;16": (Image.fromarray(gray.astype(np.uint16) * 257), as_rgb(gray)),  # 16-bit values: the issue's white bird
+        "I": (Image.fromarray(gray.astype(np.int32) * 257), as_rgb(gray)),
+        "I, 8-bit values": (Image.fromarray(gray).convert("I"), as_rgb(gray)),
+        "F": (Image.fromarray(gray.astype(np.float32) / 255), as_rgb(gray)),
+        "F, 8-bit values": (Image.fromarray(gray).convert("F"), as_rgb(gray)),
+        "CMYK": (Image.fromarray(rgb).convert("CMYK"), rgb),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_modes()))
+def test_every_pillow_mode_is_read_as_the_8_bit_image_it_was_made_from(mode: str, weights: Path, tmp_path: Path) -> None:
+    image, expected = _modes()[mode]
+    assert image.mode == mode.split(" ")[0].rstrip(",")
+    pixels = pixels_of(image)
+    assert torch.equal(pixels, torch.from_numpy(expected).permute(2, 0, 1))
+    loaded = load_weights(weights)
+    answer = lambda x: evaluate(loaded.model, x[None], torch.zeros(1, dtype=torch.long), progress=False)  # noqa: E731
+    got, want = answer(pixels), answer(torch.from_numpy(expected).permute(2, 0, 1))
+    assert torch.equal(got.predictions, want.predictions) and torch.equal(got.confidences, want.confidences)
+
+
+def test_a_16_bit_png_file_predicts_as_its_8_bit_source(weights: Path, tmp_path: Path, capsys) -> None:
+    gray = np.random.default_rng(4).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    Image.fromarray(gray).save(tmp_path / "plain.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    lines = [run(["predict", str(tmp_path / name), "--weights", str(weights)], capsys)[1].splitlines()[0] for name in
+             ("deep.png", "plain.png")]  # fmt: skip
+    assert lines[0].split()[1:] == lines[1].split()[1:]  # class, probability and top-k as the 8-bit file's
+
+
+# ---------------------------------------------------------------- folders
+
+
+def test_a_folder_reads_arrays_and_pickles_and_lists_everything_else_as_skipped(weights: Path, images_dir: Path, capsys):
+    np.save(images_dir / "floats.npy", np.zeros((2, 32, 32, 3), np.float32))  # the wrong kind: stopped the whole run
+    dump({"data": pixels(3, 5).reshape(3, -1)}, images_dir / "batch.pkl")  # a pickle: was silently ignored
+    (images_dir / "notes.txt").write_text("not an image")
+    inputs = read_inputs([str(images_dir)])
+    reasons = dict(inputs.skipped)
+    assert len(inputs.ids) == 7 + 3 and set(reasons) == {str(images_dir / "floats.npy"), str(images_dir / "notes.txt")}
+    assert reasons[str(images_dir / "floats.npy")].startswith("expected uint8 images of shape") and "float32" in reasons[
+        str(images_dir / "floats.npy")
+    ]  # fmt: skip
+    code, out, _ = run(["predict", str(images_dir), "--weights", str(weights)], capsys)
+    assert code == 0 and f"skipped   {images_dir / 'floats.npy'}: expected uint8" in out
+    assert not any("batch.pkl" in line for line in out.splitlines() if line.startswith("skipped"))
+    code, _, err = run(["predict", str(images_dir), "--weights", str(weights), "--strict"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--strict stops" in err

@@ -1,8 +1,9 @@
 """Reading your own images for `resnet5m predict` and the Classifier: files, folders, globs, arrays, pickles, PIL images.
 
-Files become uint8 (N, 3, 32, 32) RGB: other sizes are resized with antialiasing, grayscale, palette
-and transparent images are converted (transparency over white). A file that cannot be decoded is skipped
-with its reason; content of the wrong kind (an array of another shape, a pickle without `data`) is an error.
+Files become uint8 (N, 3, 32, 32) RGB: other sizes are resized with antialiasing, grayscale, palette,
+16-bit, float and transparent images are converted (transparency over white). A file that cannot be read,
+or holds content of the wrong kind (an array of another shape, a pickle without `data`), is skipped with its
+reason, or stops the run under strict.
 Pickles are read with an unpickler that builds nothing but plain containers and numpy arrays. In memory,
 `as_images` takes tensors, arrays and PIL images too, and `check_pixels` holds them to uint8 or 0-1 floats.
 """
@@ -85,10 +86,10 @@ def expand(arg: str) -> list[tuple[Path, str]]:
     """One INPUT argument -> (file, name) pairs: a file as given, a folder's files recursively, a glob's matches, sorted."""
     path = Path(arg).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + ARRAY_SUFFIXES)
+        # Every file, whatever its name: images, arrays and pickles are read, anything else is listed as skipped.
+        files = sorted(p for p in path.rglob("*") if p.is_file())
         if not files:
-            kinds = ", ".join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)
-            raise UserError(f"folder {path} holds no images: expected files ending in {kinds} (searched recursively)")
+            raise UserError(f"folder {path} holds no files (searched recursively); put images, arrays or pickles in it")
         return [(p, p.relative_to(path).as_posix()) for p in files]
     if path.is_file():
         return [(path, arg)]
@@ -196,10 +197,34 @@ def has_transparency(image: object) -> bool:
     return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
 
 
+def _to_8bit(image: object) -> object:
+    """A 16-bit, 32-bit integer or float Pillow image -> mode L, scaled by the range its values really use.
+
+    Pillow's own conversion clips such values at 255, so a 16-bit PNG turns all white. Integers up to 255 are
+    8-bit values already, up to 65535 (and every I;16 image) 16-bit ones; floats within 0..1 are fractions;
+    anything else is stretched from its minimum to its maximum.
+    """
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (0 <= low and 255 < high <= 65535 and image.mode == "I"):
+        scaled = values / 65535
+    elif image.mode == "F" and 0 <= low and high <= 1:
+        scaled = values
+    elif 0 <= low and high <= 255:
+        scaled = values / 255
+    else:
+        scaled = (values - low) / max(high - low, 1e-12)
+    return Image.fromarray(np.rint(np.clip(scaled, 0, 1) * 255).astype(np.uint8))  # 2-D uint8: mode L
+
+
 def _to_rgb(image: object) -> object:
     """Any Pillow mode -> RGB; transparent pixels become white rather than whatever colour they hide."""
     from PIL import Image
 
+    if image.mode.startswith("I") or image.mode == "F":  # one channel of more than 8 bits
+        image = _to_8bit(image)
     if has_transparency(image):
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
@@ -226,10 +251,13 @@ def read_inputs(args: Sequence[str], strict: bool = False) -> Inputs:
     for path, name in files:
         try:
             part, was_resized = read_file(path, name)
-        except (Unreadable, OSError) as e:  # OSError: the file vanished or cannot be opened
+        # OSError: the file vanished or cannot be opened; UserError: content of the wrong kind (says what was expected)
+        except (Unreadable, UserError, OSError) as e:
+            reason = str(e).removeprefix(str(path)).removeprefix(": ")  # the path is said once, in front
             if strict:
-                raise UserError(f"{path}: {e} (--strict stops at the first unreadable file; drop it to skip such files)") from e
-            skipped.append((str(path), str(e)))
+                stop = "--strict stops at the first unreadable file; drop it to skip such files"
+                raise UserError(f"{path}: {reason} ({stop})") from e
+            skipped.append((str(path), reason))
             continue
         parts.append(part)
         resized += was_resized

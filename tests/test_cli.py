@@ -180,3 +180,34 @@ def test_train_then_evaluate_round_trip(tmp_path, cifar_dir, capsys):
     result = run_json(capsys, ["evaluate", "--weights", str(out / "resnet5m_tiny.pt"), "--data-dir", str(cifar_dir), "--json"])
     assert result["arch"] == "tiny" and result["n"] == 200
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_evaluate_split_val_scores_the_run_on_its_own_validation_images(tmp_path, cifar_dir, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--arch", "tiny", "--epochs", "1", "--batch-size", "100", "--val-size", "150", "--precision", "fp32",
+            "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    weights = out / "resnet5m_tiny.pt"
+    evaluate = ["evaluate", "--weights", str(weights), "--data-dir", str(cifar_dir), "--split", "val", "--precision", "fp32"]
+    result = run_json(capsys, [*evaluate, "--json"])  # --val-size: as the weights held out
+    history = torch.load(weights, weights_only=True)["history"]
+    assert result["n"] == 150 and result["val_size"] == 150 and result["held_out_in_training"] is True
+    assert result["accuracy"] == history[-1]["val_acc"]  # the figure training reported for its last epoch
+    assert main([*evaluate, "--val-size", "300"]) == 0  # 150 of them were trained on
+    note = "note      these weights were trained on some of the last 300 training images: not a validation figure"
+    assert note in capsys.readouterr().out
+
+
+def test_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: $RESNET5M_DATA, else ./data)" in text and "(default: None)" not in text
+
+
+def test_export_table_says_its_accuracy_is_of_one_view():
+    from resnet5m.export_table import markdown_table
+
+    row = {"format": "fp32", "size_mb": 1.0, "accuracy": 0.9, "latency_ms": 1.0, "images_per_s": 10.0, "max_abs_diff": None}
+    assert "| test accuracy, one view (%) |" in markdown_table([row]).splitlines()[0]

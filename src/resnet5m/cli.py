@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .argtypes import nonnegative_int, positive_int
-from .data import DATA_DIR_HELP
+from .data import DATA_DIR_HELP, VAL_SIZE
 from .errors import UserError
 from .runtime import PRECISIONS
 from .weights import default_weights, open_weights
@@ -43,13 +43,15 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from .calibration import held_out, recorded_val_size
     from .data import load_split
     from .evaluate import ECE_BINS, evaluate, recipe_views, temperature_of
     from .runtime import resolve_precision
 
     weights = Path(args.weights) if args.weights else default_weights(args.arch or "seed")
     loaded, model, device = open_weights(weights, args.arch, args.device)
-    images, labels = load_split(args.split, args.data_dir, download_missing=args.download)
+    val_size = args.val_size or recorded_val_size(loaded.meta) or VAL_SIZE
+    images, labels = load_split(args.split, args.data_dir, download_missing=args.download, val_size=val_size)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     # --no-tta means one view: the recipe's shifted views only come with TTA on (an explicit --tta-shift still counts).
@@ -69,8 +71,13 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         "precision": resolve_precision(device, precision),
     }
     out.update(result.to_dict())
+    if args.split == "val":
+        out.update(val_size=val_size, held_out_in_training=held_out(loaded.meta, val_size))
     if not args.json:
         print(f"weights   {weights}  ({loaded.format}, arch {loaded.arch}, sha256 {loaded.sha256[:16]}...)")
+        if args.split == "val" and out["held_out_in_training"] is not True:
+            seen = "were trained on some of" if out["held_out_in_training"] is False else "do not record whether they held out"
+            print(f"note      these weights {seen} the last {val_size:,} training images: not a validation figure")
         print(
             f"{args.split} accuracy  {100 * result.accuracy:.2f}% ± {100 * result.stderr:.2f} on {result.n:,} images"
             f"{result.views}; loss {result.loss:.4f}"
@@ -168,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="download CIFAR-10 when it is missing (default: on)",
     )
-    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="test; val: the last --val-size training images, held out by `train --val-size`; or train")  # fmt: skip
+    p.add_argument("--val-size", type=positive_int,
+                   help=f"images in the val split (default: as the weights were trained, else {VAL_SIZE})")  # fmt: skip
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,

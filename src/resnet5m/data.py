@@ -31,6 +31,7 @@ TEST_FILES = ("test_batch",)
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 ENV_VAR = "RESNET5M_DATA"
+VAL_SIZE = 5000  # `resnet5m train`'s default validation split: the last 5,000 training images
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -95,11 +96,17 @@ def download(root: Path) -> None:
 
 
 def load_split(
-    split: str, data_dir: str | os.PathLike | None = None, download_missing: bool = False
+    split: str, data_dir: str | os.PathLike | None = None, download_missing: bool = False, val_size: int = VAL_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load 'train' (all data_batch_*) or 'test' (test_batch) as (uint8 images, int64 labels)."""
+    """Load 'train' (all data_batch_*), 'val' (the last val_size training images, as `train --val-size` holds
+    them out) or 'test' (test_batch) as (uint8 images, int64 labels)."""
+    if split == "val":
+        images, labels = load_split("train", data_dir, download_missing)
+        if not 0 < val_size < len(labels):
+            raise UserError(f"--val-size must be in 1..{len(labels) - 1} (the training split has {len(labels):,} images)")
+        return images[-val_size:], labels[-val_size:]
     if split not in ("train", "test"):
-        raise UserError(f"unknown split '{split}'; use 'train' or 'test'")
+        raise UserError(f"unknown split '{split}'; use 'train', 'val' or 'test'")
     root = resolve_data_dir(data_dir)
     folder = find_batches(root)
     if folder is None and (nested := nested_copy(root)) is not None:

@@ -98,3 +98,13 @@ def test_every_code_cell_has_a_markdown_heading_before_it(cells: list[dict]) -> 
 def test_colab_opens_on_a_gpu_runtime() -> None:
     meta = json.loads(NOTEBOOK.read_text())["metadata"]
     assert meta["accelerator"] == "GPU" and meta["colab"]["gpuType"] == "T4"
+
+
+def test_the_last_cell_gives_the_fast_net_figures_of_the_readme() -> None:
+    readme = (NOTEBOOK.parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `fast` (`weights/resnet5m_fast.pt`"))
+    seeds = re.search(r"3 seeds: ([\d.]+% ± [\d.]+); validation: ([\d.]+%)", row)
+    minutes = re.search(r"(\d+) epochs, at most ([\d.]+ min)", row)
+    last = "".join(json.loads(NOTEBOOK.read_text())["cells"][-1]["source"])
+    assert seeds and minutes and f"{seeds[1]} on the 1,017 test images (mean of 3 seeds" in last
+    assert f"validation {seeds[2]}) in {minutes[1]} epochs, at most {minutes[2]}" in last

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -385,6 +386,9 @@ def test_run_note_says_where_it_resumes(tmp_path: Path) -> None:
     assert resumed.resume and sources.run_note(resumed).endswith("(resuming after epoch 1 from checkpoint.pt)")
     (Path(cfg.out) / "checkpoint.pt").write_bytes(b"half-synced")
     assert sources.run_note(resumed).endswith("(resuming from checkpoint.pt)")  # training reports what is wrong
+    torch.save({"epoch": 2}, Path(cfg.out) / "checkpoint.pt")
+    assert sources.run_note(resumed) == f"arch tiny: the run in {cfg.out} already finished (2 epochs); its weights are loaded"
+    assert sources.run_note(replace(cfg, epochs=1, resume=False)) == f"training arch tiny for 1 epoch in {cfg.out}"
 
 
 def test_the_notebook_can_pick_other_shipped_weights(tmp_path: Path) -> None:

@@ -357,3 +357,32 @@ def test_validation_totals_need_no_float64_on_the_training_device(monkeypatch):
     loss, acc, n = train_module.shard_totals(None, images, labels, Dist(), device=torch.device("mps"))
     assert (loss, acc, n) == (0.5, 0.75, 8)
     assert all(d is None or torch.device(d).type == "cpu" for d in made)  # nothing built on the training device
+
+
+def test_a_finished_run_is_left_alone_when_resumed(cifar_dir, tmp_path, capsys):
+    from resnet5m.cli import main
+    from resnet5m.files import sha256_of
+
+    argv = ["train", "--arch", "tiny", "--epochs", "1", "--batch-size", "100", "--val-size", "200", "--quiet",
+            "--data-dir", str(cifar_dir), "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "lr 0->0.2 " in first  # the first and last step's: a warmup starts at 0, which alone said nothing
+    weights, checkpoint = tmp_path / "resnet5m_tiny.pt", tmp_path / CHECKPOINT
+    before = {p: (sha256_of(p), p.stat().st_mtime_ns) for p in (weights, checkpoint)}
+    assert main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == f"{tmp_path} already finished (1 epoch); its weights are {weights}, left as they are"
+    assert {p: (sha256_of(p), p.stat().st_mtime_ns) for p in (weights, checkpoint)} == before  # nothing re-saved
+    assert main([*argv, "--resume", "--epochs", "2"]) == 2  # a longer run is another recipe, refused as before
+    assert "the recipe differs in epochs" in capsys.readouterr().err
+
+
+def test_the_parameter_limit_says_the_command_line_has_no_opt_out(cifar_dir, tmp_path, capsys):
+    from resnet5m.cli import main
+
+    argv = ["train", "--arch", "resnet:5,5,5@128,256,512", "--data-dir", str(cifar_dir), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "over the project's 5,000,000 limit" in err and "the command line has no opt-out" in err
+    assert "pass allow_over_limit=True" not in err

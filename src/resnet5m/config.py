@@ -177,7 +177,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = _flag(f.name)
         presets = ", ".join(f"{arch} {p[f.name]}" for arch, p in PRESETS.items() if f.name in p)
-        text = f"{f.metadata['help']} (default: {f.default}{'; ' + presets if presets else ''})"
+        given = f.metadata["help"]  # a help that explains its own default (--data-dir) is not given a second one
+        text = given if "(default:" in given else f"{given} (default: {f.default}{'; ' + presets if presets else ''})"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

@@ -49,7 +49,7 @@ def measure(
     throughput_runs: int = 3,
     batch_size: int = 256,
 ) -> dict:
-    """Test accuracy, one-image latency (median, ms) and batch throughput (images/s) on the CPU."""
+    """Test accuracy of one view (no test-time flips or shifts), one-image latency (median, ms), batch images/s, on the CPU."""
     from .evaluate import evaluate
     from .runtime import autocast, prepare
 
@@ -112,7 +112,9 @@ def table_rows(
 
 def markdown_table(rows: list[dict]) -> str:
     """Rows from table_rows as a markdown table."""
-    header = ("format", "file size (MB)", "test accuracy (%)", "latency, 1 image (ms)", "throughput, batch 256 (images/s)")
+    # One view per image: the formats are compared on the same forward pass, without evaluate's test-time views.
+    header = ("format", "file size (MB)", "test accuracy, one view (%)", "latency, 1 image (ms)",
+              "throughput, batch 256 (images/s)")  # fmt: skip
     lines = ["| " + " | ".join((*header, "max abs logit diff vs source")) + " |", "| --- |" + " ---: |" * 5]
     for r in rows:
         if "error" in r:
@@ -126,7 +128,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def _environment(n: int) -> str:
     cpu = platform.processor() or platform.machine()
-    return f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s) ({cpu}), {n} test images; MB = 10^6 bytes"
+    views = "one view each (`resnet5m evaluate` adds the recipe's test-time views); MB = 10^6 bytes"
+    return f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s) ({cpu}), {n} test images, {views}"
 
 
 def main(argv: list[str] | None = None) -> int:

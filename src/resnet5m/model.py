@@ -212,7 +212,7 @@ def build_model(arch: str | ArchConfig, allow_over_limit: bool = False) -> nn.Mo
     if n >= PARAM_LIMIT and not allow_over_limit:
         raise UserError(
             f"this configuration has {n:,} parameters, over the project's {PARAM_LIMIT:,} limit; "
-            "shrink it or pass allow_over_limit=True"
+            "shrink it (from Python, build_model(..., allow_over_limit=True) opts out; the command line has no opt-out)"
         )
     return model
 

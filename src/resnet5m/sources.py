@@ -25,6 +25,7 @@ from .errors import UserError
 from .files import sha256_of
 from .model import get_config, safe_name
 from .runfolder import CHECKPOINT
+from .text import plural
 from .weights import MANIFEST, REPO, REPO_URL, checkout_candidates, raw_weights_url
 
 COLAB_URL = f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/resnet5m_cifar10.ipynb"
@@ -411,8 +412,10 @@ def checkpoint_epoch(out: str | os.PathLike) -> int | None:
 
 def run_note(cfg: TrainConfig) -> str:
     """One line for the training cell: what trains where, and from which epoch it resumes."""
-    note = f"training arch {cfg.arch} for {cfg.epochs} epochs in {cfg.out}"
+    done = checkpoint_epoch(cfg.out) if cfg.resume else None
+    if done is not None and done >= cfg.epochs:
+        return f"arch {cfg.arch}: the run in {cfg.out} already finished ({plural(done, 'epoch')}); its weights are loaded"
+    note = f"training arch {cfg.arch} for {plural(cfg.epochs, 'epoch')} in {cfg.out}"
     if cfg.resume:
-        done = checkpoint_epoch(cfg.out)
         note += f" (resuming after epoch {done} from {CHECKPOINT})" if done is not None else f" (resuming from {CHECKPOINT})"
     return note

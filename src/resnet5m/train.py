@@ -11,6 +11,7 @@ global batch.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -34,6 +35,7 @@ from .model import build_model
 from .optim import batchnorms, make_optimizer, make_scheduler
 from .runfolder import CHECKPOINT, RUN_FORMAT, read_run, write_run
 from .runtime import auto_precision, autocast, configure_cuda, grad_scaler, pick_device, prepare, resolve_precision
+from .text import plural
 from .weights import save_weights
 
 FIT_IMAGES = 5000  # training images a data-dependent initialisation looks at
@@ -315,7 +317,7 @@ class Trainer:
         except KeyboardInterrupt:
             if self.dist.main:
                 print(
-                    f"\ninterrupted in epoch {self.epoch + 1}; the last checkpoint ({self.epoch} epochs) is in "
+                    f"\ninterrupted in epoch {self.epoch + 1}; the last checkpoint ({plural(self.epoch, 'epoch')}) is in "
                     f"{self.out / CHECKPOINT}; continue with --resume",
                     file=sys.stderr,
                 )
@@ -326,6 +328,7 @@ class Trainer:
         epoch, size = self.epoch, self.sizes[self.epoch]
         row = {"epoch": epoch + 1, "size": size, "lr": self.optimizer.param_groups[0]["lr"], "precision": self.precision}
         row.update(self.train_epoch(epoch, size))
+        row["lr_end"] = self.optimizer.param_groups[0]["lr"]  # "lr" is the first step's: 0 at the start of a warmup
         if self.val is not None:
             # Validated at the epoch's training size: a net trained at 16 px scores far lower at 32 px until
             # its full-size epochs (BN statistics and object scale), which would hide its progress.
@@ -337,15 +340,36 @@ class Trainer:
             val = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
             print(
                 f"epoch {epoch + 1:3d}/{self.cfg.epochs} {size}px  train loss {row['train_loss']:.4f} "
-                f"acc {100 * row['train_acc']:.2f}%{val}  lr {row['lr']:.4f}  {row['seconds']:.0f}s "
+                f"acc {100 * row['train_acc']:.2f}%{val}  lr {row['lr']:.3g}->{row['lr_end']:.3g}  {row['seconds']:.0f}s "
                 f"{row['images_per_s']:.0f} img/s",
                 flush=True,
             )
         return row
 
 
+def finished_run(cfg: TrainConfig) -> list[dict] | None:
+    """The history of a run resumed after all its epochs, with its weights saved (said in one line); else None.
+
+    Such a run is left alone: nothing is trained, evaluated or saved again, so its weights keep their sha256.
+    """
+    out = Path(cfg.out)
+    weights = out / weights_name(cfg.arch)
+    if not (cfg.resume and weights.is_file() and (out / CHECKPOINT).is_file()):
+        return None
+    state = read_run(out, cfg, torch.device("cpu"))  # another recipe is refused here, as on any resume
+    if state["epoch"] < cfg.epochs:
+        return None
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
+        print(f"{out} already finished ({plural(state['epoch'], 'epoch')}); its weights are {weights}, left as they are",
+              flush=True)  # fmt: skip
+    return state["history"]
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Train (or resume) a run as configured; save final weights in the run folder; return the history."""
+    history = finished_run(cfg)
+    if history is not None:
+        return history
     trainer = Trainer(cfg)
     history = trainer.run()
     metrics: dict = {}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet5m.config import TrainConfig
-from resnet5m.distill import distillation_loss
+from resnet5m.distill import Teacher, distillation_loss
 from resnet5m.errors import UserError
 from resnet5m.model import build_model
 from resnet5m.runfolder import CHECKPOINT
@@ -95,3 +95,12 @@ def test_resume_refuses_another_teacher(cifar_dir, tmp_path, teacher_file):
         Trainer(config(cifar_dir, tmp_path / "none", tmp_path / "nope.pt"))
     with pytest.raises(UserError, match="--kd-weight must be in 0..1"):
         Trainer(config(cifar_dir, tmp_path / "bad", teacher_file, kd_weight=1.5))
+
+
+def test_the_teacher_sees_full_size_images_in_progressive_epochs(cifar_dir, tmp_path, teacher_file, monkeypatch):
+    seen = []
+    forward = Teacher.forward
+    monkeypatch.setattr(Teacher, "forward", lambda self, x: seen.append(tuple(x.shape[-2:])) or forward(self, x))
+    trainer = Trainer(config(cifar_dir, tmp_path, teacher_file, epochs=2, progressive="16:1", subset=200))
+    trainer.one_epoch()
+    assert trainer.sizes == [16, 32] and set(seen) == {(32, 32)} and len(seen) == trainer.steps_per_epoch

@@ -66,7 +66,8 @@ def _write_failure(path: Path, e: OSError) -> str:
     """One line for a write that failed for lack of space or permission: where, how much room is left, what to do."""
     folder = next((p for p in (path.parent, *path.parent.parents) if p.is_dir()), Path.cwd())  # the nearest existing one
     try:
-        free = f"{shutil.disk_usage(folder).free / 1e9:.2f} GB free in {folder}"
+        room = shutil.disk_usage(folder).free
+        free = f"{room / 1e9:.2f} GB free in {folder}" if room >= 1e9 else f"{room / 1e6:.2f} MB free in {folder}"
     except OSError:
         free = f"free space in {folder} unknown"
     advice = "free some space or choose another --out" if e.errno in _NO_SPACE else "choose another --out you can write to"

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,9 @@ def test_grayscale_and_transparent_images_are_converted_with_a_note(shipped: dm.
     top, seen, _, message = shipped.classify(tmp_path / "gray.png", "seed")
     assert len(top) == 5 and "grayscale image (L): converted to RGB" in message and "resized from 64x48" in message
     assert (seen == 90).all()
+    Image.fromarray(np.full((32, 32), 90 * 257, np.uint16)).save(tmp_path / "deep.png")  # 16-bit: was shown all white
+    top, seen, _, message = shipped.classify(tmp_path / "deep.png", "seed")
+    assert "deep grayscale image (I;16): scaled to 8 bits" in message and (seen == 90).all()
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[..., 0], rgba[:, 16:, 3] = 255, 255  # red; the left half fully transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
@@ -170,15 +176,67 @@ def test_bad_weights_and_a_taken_port_are_one_line_errors(tmp_path: Path, capsys
     )
 
 
-def test_launch_inline_serves_the_page_in_the_background():
+def test_the_command_tells_of_its_own_share_flag(monkeypatch, capsys):
+    gr = pytest.importorskip("gradio")
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda app: app.close())  # Ctrl-C at once
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["demo", "--port", str(port), "--arch", "fast"]) == 0
+    out = capsys.readouterr().out  # then the closing server's line
+    assert out.startswith(f"* Running on local URL:  http://127.0.0.1:{port}\n* To create a public link, pass --share.\n")
+    assert "launch()" not in out
+
+
+def test_launch_inline_serves_the_page_in_the_background(capsys):
     pytest.importorskip("gradio")
     app = dm.launch_inline(arch="fast")
     try:
         with urllib.request.urlopen(app.local_url, timeout=30) as page:
             assert page.status == 200 and "resnet5m demo" in page.read().decode()
         assert app.share is False  # no public link unless asked for, in Colab too
+        out = capsys.readouterr().out
+        assert "* To create a public link, call launch_inline(share=True)." in out and "launch()" not in out
     finally:
         app.close()
+
+
+def test_two_requests_at_once_take_turns_at_the_network(shipped: dm.Demo, monkeypatch):
+    inside, most = [0], [0]
+    real = dm.predict_with
+
+    def predict_with(*args):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.2)  # long enough for the other request to reach the network, were it let in
+        inside[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(dm, "predict_with", predict_with)
+    paths = [dm.EXAMPLES_DIR / "ship_test18.png", dm.EXAMPLES_DIR / "cat_test0.png"]
+    with ThreadPoolExecutor(2) as pool:
+        tops = list(pool.map(lambda path: shipped.classify(path, "seed")[0], paths))
+    assert most == [1] and [list(top)[0] for top in tops] == ["ship", "cat"]
+
+
+def test_a_slow_upload_does_not_hold_up_another(shipped: dm.Demo, monkeypatch):
+    slow, other_done = dm.EXAMPLES_DIR / "ship_test18.png", threading.Event()
+    real = dm.read_upload
+    waited = []
+
+    def read_upload(path: Path):
+        if path == slow:  # still decoding until the other request has its answer (or 30 s have passed)
+            waited.append(other_done.wait(30))
+        return real(path)
+
+    monkeypatch.setattr(dm, "read_upload", read_upload)
+    with ThreadPoolExecutor(2) as pool:
+        slow_top = pool.submit(shipped.classify, slow, "seed")
+        time.sleep(0.1)  # the slow one is reading its file
+        assert list(shipped.classify(dm.EXAMPLES_DIR / "cat_test0.png", "seed")[0])[0] == "cat"
+        other_done.set()
+        assert list(slow_top.result()[0])[0] == "ship"
+    assert waited == [True]
 
 
 def test_the_page_offers_the_weights_and_the_examples(shipped: dm.Demo):
@@ -194,3 +252,11 @@ def test_the_page_offers_the_weights_and_the_examples(shipped: dm.Demo):
     assert classify.preprocess is False  # the demo, not gr.Image, opens the uploaded file
     examples = next(b for b in blocks if isinstance(b, gr.Dataset))
     assert len(examples.samples) == len(CLASSES)
+
+
+def test_the_page_serves_two_requests_at_once_and_bounds_the_queue(shipped: dm.Demo):
+    pytest.importorskip("gradio")
+    app = dm.build_app(shipped)
+    (classify,) = (fn for fn in app.fns.values() if fn.queue)  # the one queued event; loading an example is not
+    assert classify.concurrency_limit == dm.CONCURRENCY == 2
+    assert app._queue.max_size == dm.QUEUE_SIZE == 16 and app._queue.default_concurrency_limit == dm.CONCURRENCY

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +42,15 @@ MAX_PIXELS = 50_000_000
 MAX_UPLOAD = "50mb"  # Gradio refuses larger uploads in the browser, before they reach the server
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 PROMPT = "Upload, paste or take a picture, or click an example."
+# Gradio runs one request of an event at a time unless told otherwise, so one slow request (a 49-megapixel PNG takes
+# 1.5 s to decode and resize on 2 cores) holds every other visitor's answer behind it: beside a stream of them, a
+# 32x32 image's answer took 1.9 s (median) one at a time, 0.8 s two at a time. More than two would not answer faster:
+# the network runs one request at a time anyway (Demo.classify), on torch's own intra-op threads, which already use
+# both cores of the 2-core host the load test ran on (docs/results.md; on one thread it answered 30% fewer a second).
+# QUEUE_SIZE bounds the requests waiting: at the 2.6-3 answers a second measured there, the 16th waits about 6 s;
+# past that a visitor is told at once that the queue is full.
+CONCURRENCY = 2
+QUEUE_SIZE = 16
 Outputs = tuple[dict[str, float] | None, np.ndarray | None, np.ndarray | None, str]  # top-5, seen, Grad-CAM, message
 
 
@@ -95,7 +105,10 @@ def read_upload(path: Path) -> tuple[torch.Tensor, list[str]]:
         )
     pixels, resized = read_image(path)
     notes = [f"resized from {width}x{height} to {SIZE}x{SIZE} pixels (antialiased)"] if resized else []
-    if mode in GRAY_MODES:
+    if mode.startswith("I") or mode == "F":
+        notes.append(f"a {'float' if mode == 'F' else 'deep'} grayscale image ({mode}): scaled to 8 bits by the range its "
+                     "values use, the same gray in each channel")  # fmt: skip
+    elif mode in GRAY_MODES:
         notes.append(f"a grayscale image ({mode}): converted to RGB, the same gray in each channel")
     if transparent:
         notes.append(f"an image with transparency ({mode}): transparent pixels shown over white")
@@ -105,11 +118,17 @@ def read_upload(path: Path) -> tuple[torch.Tensor, list[str]]:
 
 
 class Demo:
-    """The demo's weights on offer and what it computes for one image; each weights file is opened once, on first use."""
+    """The demo's weights on offer and what it computes for one image; each weights file is opened once, on first use.
+
+    Safe to call from several threads (Gradio's workers): files are read in parallel, the networks run one at a time.
+    """
 
     def __init__(self, choices: dict[str, Path], default: str, *, arch: str | None = None, device: str = "auto") -> None:
         self.choices, self.default, self.arch, self.device = choices, default, arch, device
         self._opened: dict[str, tuple[LoadedModel, nn.Module, torch.device]] = {}
+        # Grad-CAM hooks the shared model's last block, and predict copies the model (batch-norm folding), so two
+        # requests at once on one model read each other's activations or crash the copy: they take turns.
+        self._network = threading.Lock()
 
     def model(self, label: str) -> tuple[LoadedModel, nn.Module, torch.device]:
         """The weights offered under label, opened on first use and kept."""
@@ -131,21 +150,23 @@ class Demo:
             pixels, notes = read_upload(Path(path))
         except Unreadable as e:
             return None, None, None, f"**Cannot classify this file:** {e}"
-        try:
-            loaded, model, device = self.model(label)
-        except UserError as e:
-            return None, None, None, f"**Cannot use these weights:** {e}"
-        pred = predict_with(loaded, model, device, Inputs(pixels[None], [Path(path).name], torch.tensor([-1])))
-        probs, classes = (t[0].tolist() for t in pred.top_k(TOP_K))
+        with self._network:
+            try:
+                loaded, model, device = self.model(label)
+            except UserError as e:
+                return None, None, None, f"**Cannot use these weights:** {e}"
+            pred = predict_with(loaded, model, device, Inputs(pixels[None], [Path(path).name], torch.tensor([-1])))
+            probs, classes = (t[0].tolist() for t in pred.top_k(TOP_K))
+            try:
+                heat = gradcam(model, pixels[None], classes[:1], device)[0]
+            except UserError as e:  # graph exports (TorchScript, ONNX, int8) have no gradients; grad-cam may be missing
+                heat, notes = None, [*notes, f"no Grad-CAM: {e}"]
         top = {CLASSES[c]: p for p, c in zip(probs, classes, strict=True)}
         if pred.temperature != 1:
             notes.append(f"probabilities calibrated at the temperature {pred.temperature:.3f} stored in the weights")
         else:
             notes.append("probabilities not calibrated: these weights hold no temperature (`resnet5m calibrate` fits one)")
-        try:
-            cam = overlay(pixels, gradcam(model, pixels[None], classes[:1], device)[0], SCALE)
-        except UserError as e:  # graph exports (TorchScript, ONNX, int8) have no gradients; grad-cam may be missing
-            cam, notes = None, [*notes, f"no Grad-CAM: {e}"]
+        cam = None if heat is None else overlay(pixels, heat, SCALE)
         seen = pixels.permute(1, 2, 0).numpy().repeat(SCALE, 0).repeat(SCALE, 1)
         headline = f"**{CLASSES[classes[0]]}** ({100 * probs[0]:.1f}%) by the `{label}` weights{pred.views}"
         return top, seen, cam, "\n".join([headline, *(f"- {note}" for note in notes)])
@@ -183,9 +204,23 @@ def build_app(demo: Demo) -> gradio.Blocks:
         # the demo judges the file and explains what is wrong with it instead.
         gr.on(
             [image.change, weights.change], classify_upload, inputs=[image, weights], outputs=[top, seen, cam, message],
-            preprocess=False,
+            preprocess=False, concurrency_limit=CONCURRENCY,
         )  # fmt: skip
-    return app
+    # default_concurrency_limit too, so that GRADIO_DEFAULT_CONCURRENCY_LIMIT cannot change any event's limit unseen
+    return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+
+
+def serve(app: gradio.Blocks, *, share: bool, share_hint: str, **options: Any) -> None:
+    """app.launch(share=share, **options) in the background, announced as Gradio would, with the caller's share hint.
+
+    Gradio's own announcement ends "set `share=True` in `launch()`", which is no advice to someone who did not call
+    launch(): Gradio is kept quiet and the lines are printed here. It still prints the public URL itself.
+    """
+    app.launch(share=share, quiet=True, prevent_thread_lock=True, **options)
+    if not app.is_colab:  # Colab's browser reaches the page through Colab's proxy, not at this address
+        print(f"* Running on local URL:  {app.local_url.rstrip('/')}")
+    if not share:
+        print(f"* To create a public link, {share_hint}.")
 
 
 def launch_inline(
@@ -205,7 +240,7 @@ def launch_inline(
     demo = Demo(choices, default, arch=arch, device=device)
     demo.model(default)  # a file that does not load fails here, in the cell, not later on the page
     app = build_app(demo)
-    app.launch(inline=True, prevent_thread_lock=True, share=share, height=height, max_file_size=MAX_UPLOAD)
+    serve(app, share=share, share_hint="call launch_inline(share=True)", inline=True, height=height, max_file_size=MAX_UPLOAD)
     return app
 
 
@@ -228,6 +263,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     demo.model(default)  # bad weights: a one-line error now rather than a message on every page view
     app = build_app(demo)
     try:
-        app.launch(server_name="127.0.0.1", server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD)
+        serve(
+            app, share=args.share, share_hint="pass --share", server_name="127.0.0.1", server_port=args.port,
+            max_file_size=MAX_UPLOAD,
+        )  # fmt: skip
     except OSError as e:  # Gradio found the port taken (its message names launch() arguments, not our flags)
         raise UserError(f"cannot serve on 127.0.0.1:{args.port} (in use, or not allowed); choose another --port") from e
+    app.block_thread()  # until Ctrl-C, which closes the server

@@ -214,6 +214,9 @@ def test_torchvision_resnet_is_named_as_such_and_no_arch_is_suggested(tmp_path):
     with pytest.raises(UserError, match=r"a torchvision-style ResNet \(keys conv1.weight, bn1.weight") as info:
         load_weights(tmp_path / "r18.pt")
     assert "--arch" not in str(info.value)
+    with pytest.raises(UserError, match="does not fit arch 'seed'.*it is a torchvision-style ResNet") as info:
+        load_weights(tmp_path / "r18.pt", arch="seed")  # passing an --arch, as the old message asked
+    assert "pass --arch" not in str(info.value)
 
 
 def test_a_bare_state_dict_of_a_named_arch_loads_without_arch(tmp_path):

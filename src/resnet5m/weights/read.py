@@ -60,10 +60,14 @@ def _fitting_arch(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _torchvision_style(state: dict[str, torch.Tensor]) -> bool:
+    return {"conv1.weight", "bn1.weight", "fc.weight"} <= state.keys()
+
+
 def _foreign(state: dict[str, torch.Tensor]) -> str:
     """What to say of a state dict that fits no resnet5m network and no ResNet of the original layout."""
     keys = ", ".join(list(state)[:3])
-    if {"conv1.weight", "bn1.weight", "fc.weight"} <= state.keys():
+    if _torchvision_style(state):
         return (f"a torchvision-style ResNet (keys {keys}, ...), not a resnet5m network, whose layers it does not map onto; "
                 "fine-tune resnet5m.load(...).net instead")  # fmt: skip
     return (f"its keys ({keys}, ...) fit no resnet5m network (seed, fast, best, tiny) and no ResNet of the original "
@@ -81,7 +85,7 @@ def _lookalike(state: dict[str, torch.Tensor], arch: str, recorded: str | None) 
         return f"it looks like arch '{name}'{shape}: pass --arch {name} or drop --arch"
     if config is not None:
         return f"it looks like a ResNet{shape}: drop --arch to load it"
-    return "it is not a resnet5m/original-format ResNet"
+    return f"it is {_foreign(state)}" if _torchvision_style(state) else "it is not a resnet5m/original-format ResNet"
 
 
 def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path, recorded: str | None) -> None:

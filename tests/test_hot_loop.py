@@ -5,6 +5,8 @@ Two CPU-side proofs: steps on the `meta` device (where any read of a value, or a
 count of the device-to-host reads (`aten._local_scalar_dense`) over real epochs.
 """
 
+import importlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -12,6 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from resnet5m.config import TrainConfig
 from resnet5m.errors import UserError
 from resnet5m.train import SYNC_EVERY, Tally, Trainer
+
+TRAIN = importlib.import_module("resnet5m.train")  # the module: the package's `train` name is the function
 
 RECIPES = {
     "ema": dict(ema=True, cutout=8, alternate_flip=True),
@@ -73,19 +77,22 @@ def test_steps_run_on_the_meta_device(cifar_dir, tmp_path, recipe):
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_an_epoch_reads_the_device_once_per_sync_interval(cifar_dir, tmp_path, recipe):
-    trainer = Trainer(config(cifar_dir, tmp_path, **RECIPES[recipe]))
+def test_an_epoch_reads_the_device_once_per_sync_interval(cifar_dir, tmp_path, recipe, monkeypatch):
+    # Every 5 steps rather than 50 here, so that 26 steps show it (dispatch-mode steps are slow). With the real
+    # interval a 125-step epoch reads 3 times, where the loop used to read the loss at every step.
+    monkeypatch.setattr(TRAIN, "SYNC_EVERY", 5)
+    trainer = Trainer(config(cifar_dir, tmp_path, subset=26 * 8, **RECIPES[recipe]))
     steps = trainer.steps_per_epoch
-    assert steps == 1000 // 8 and steps > 2 * SYNC_EVERY
+    assert steps == 26 and SYNC_EVERY == 50
     with SyncCounter() as counter:
         row = trainer.train_epoch(0, 32)
-    # int(flag) at steps 50 and 100 and at the end (the epoch's sums are read with .tolist(), not counted on the CPU):
-    # 3 reads in 125 steps, where the loop used to read the loss at every step.
-    assert counter.syncs == steps // SYNC_EVERY + 1, counter.syncs
+    # int(flag) at steps 5, 10, ..., 25 and at the end (the epoch's sums are read with .tolist(), not counted on the CPU)
+    assert counter.syncs == steps // 5 + 1, counter.syncs
     assert 0 < row["train_loss"] < 10
 
 
 def test_a_nan_loss_stops_within_the_sync_interval_naming_its_step(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(TRAIN, "SYNC_EVERY", 10)
     trainer = Trainer(config(cifar_dir, tmp_path))
     real = torch.nn.functional.cross_entropy
     calls = []
@@ -98,4 +105,4 @@ def test_a_nan_loss_stops_within_the_sync_interval_naming_its_step(cifar_dir, tm
     monkeypatch.setattr("resnet5m.distill.F.cross_entropy", poisoned)
     with pytest.raises(UserError, match=r"training diverged: loss is nan at epoch 1, step 7; lower --lr"):
         trainer.train_epoch(0, 32)
-    assert len(calls) == SYNC_EVERY  # found at the first look, after step 50
+    assert len(calls) == 10  # found at the first look, after step 10

@@ -20,7 +20,8 @@ def bash_lines(text: str) -> list[str]:
     """Every command of the ```bash blocks, continuation lines joined and comments dropped."""
     blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
     joined = "\n".join(blocks).replace("\\\n", " ")
-    return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip()]
+    lines = [line.split("  #")[0].strip() for line in joined.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]  # whole-line comments too
 
 
 def cli_args(line: str) -> list[str] | None:

@@ -123,7 +123,8 @@ def _write_torchscript(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Modul
         traced = torch.jit.trace(loaded.model.eval(), check_inputs(2))
         archive = io.BytesIO()  # in memory, then staged: torch's own zip writer hides a full disk (see atomic_save)
         torch.jit.save(traced, archive, _extra_files={META_KEY: json.dumps(meta)})
-    write_bytes(tmp, archive.getbuffer())
+    with archive.getbuffer() as data:  # released even when the write fails: see files.write_bytes
+        write_bytes(tmp, data)
     return load_any(tmp).model
 
 

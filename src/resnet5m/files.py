@@ -81,7 +81,12 @@ def _umask() -> int:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """data as the file at path, through staged(): all or nothing, a full disk or a read-only folder in one line."""
+    """data as the file at path, through staged(): all or nothing, a full disk or a read-only folder in one line.
+
+    A memoryview of a BytesIO passed here must be released by the caller (`with buffer.getbuffer() as data:`):
+    a failed write's traceback keeps it alive, and on Python 3.12.1 the garbage collector then crashed the process
+    when it freed the BytesIO before the view.
+    """
     with staged(Path(path)) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
@@ -100,4 +105,5 @@ def atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> No
     # and hides the OSError(ENOSPC) that staged() explains. The archive's inner folder is then always "archive".
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    write_bytes(path, buffer.getbuffer())
+    with buffer.getbuffer() as data:  # released even when the write fails: see write_bytes
+        write_bytes(path, data)

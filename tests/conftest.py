@@ -28,13 +28,15 @@ class _FillingFile:
         self.file, self.room, self.code = file, room, code
 
     def write(self, data) -> int:
-        data = memoryview(data).cast("B")
-        if len(data) > self.room[0]:
-            self.file.write(data[: self.room[0]])
-            self.room[0] = 0
-            raise OSError(self.code, os.strerror(self.code))
-        self.room[0] -= len(data)
-        return self.file.write(data)
+        # Released on the way out, also when the write fails: a view left alive in a traceback crashed Python 3.12.1's
+        # garbage collector (see files.write_bytes).
+        with memoryview(data).cast("B") as view:
+            if len(view) > self.room[0]:
+                self.file.write(view[: self.room[0]])
+                self.room[0] = 0
+                raise OSError(self.code, os.strerror(self.code))
+            self.room[0] -= len(view)
+            return self.file.write(view)
 
     def __getattr__(self, name: str):
         return getattr(self.file, name)

@@ -1,6 +1,8 @@
 """`resnet5m doctor` on this CPU: its table, its JSON, its exit status, and the checks it is made of."""
 
 import json
+import multiprocessing
+import time
 
 import torch
 
@@ -41,6 +43,16 @@ def test_two_gloo_ranks_train_through_ddp(tmp_path):
     check = doctor.check_ranks(2, "cpu", data, tmp_path / "run")
     assert check.ok, check.detail
     assert check.name == "2-rank gloo" and (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_hung_ranks_are_stopped_and_fail_the_check(tmp_path):
+    # Spawning a rank and importing torch there takes longer than this timeout: the ranks are "hung" here.
+    data = write_cifar(tmp_path / "data", per_batch=32, n_test=32)
+    start = time.monotonic()
+    check = doctor.check_ranks(2, "cpu", data, tmp_path / "run", timeout_s=0.5)
+    assert not check.ok and check.detail == "rank 0, 1 still running after 0.5 s: stopped (a hung process group)"
+    assert time.monotonic() - start < 30
+    assert not multiprocessing.active_children()  # both stopped and reaped
 
 
 def test_summary_line_names_device_precision_and_why(monkeypatch):

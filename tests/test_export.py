@@ -243,3 +243,39 @@ def test_whitened_nets_export_in_every_format(arch, fmt, whitened_weights, data_
     if fmt != "int8":  # int8 is compared to fp32 by its own agreement figure, below
         assert result["max_abs_diff"] <= (ex.GRAPH_TOLERANCE if fmt in ("torchscript", "onnx") else 0.05)
     assert result["top1_agreement"] >= (0.75 if fmt == "int8" else 1.0)
+
+
+def _old_torch_export(*args, **kwargs):
+    raise TypeError("export() got an unexpected keyword argument 'dynamic_shapes'")  # what torch 2.4 raised
+
+
+def _unsupported_op(*args, **kwargs):
+    raise RuntimeError("\x1b[96munsupported op\x1b[0m\nmore lines")  # with colours, as torch 2.5's exporter writes
+
+
+@pytest.mark.parametrize("arch", ["fast", "best"])
+def test_onnx_falls_back_to_the_torchscript_exporter(arch, whitened_weights, data_dir, tmp_path, capsys, monkeypatch):
+    """Where the torch.export-based exporter fails (torch before 2.13 on these nets), the TorchScript-based one
+    writes the file, and the export says so."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(ex, "_has_module", lambda name: True)  # as if onnxscript were installed
+    monkeypatch.setattr(ex, "_onnx_dynamo", _old_torch_export)
+    out = tmp_path / f"{arch}.onnx"
+    result = _export(whitened_weights[arch], "onnx", out, capsys, data_dir)
+    exporter = next(note for note in result["notes"] if note.startswith("exporter:"))
+    assert exporter.startswith("exporter: TorchScript-based") and "torch.export exporter failed (TypeError" in exporter
+    assert result["max_abs_diff"] <= ex.GRAPH_TOLERANCE and result["top1_agreement"] == 1.0
+    assert _evaluate(out, capsys, data_dir)["format"] == "onnx"
+
+
+def test_onnx_export_failing_with_both_exporters_is_one_line(tiny_weights, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("onnx")
+    monkeypatch.setattr(ex, "_has_module", lambda name: True)
+    monkeypatch.setattr(ex, "_onnx_dynamo", _old_torch_export)
+    monkeypatch.setattr(ex, "_onnx_torchscript", _unsupported_op)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match=r"torch.export exporter failed \(TypeError.*TorchScript-based exporter failed "
+                                        r"\(RuntimeError: unsupported op\)$"):
+        ex.export(tiny_weights, "onnx", out)
+    assert not out.exists()

@@ -176,8 +176,14 @@ def _rank_main(rank: int, world: int, port: int, device_type: str, data: str, ou
     quietly(train, cfg)
 
 
-def check_ranks(world: int, device_type: str, data: Path, out: Path) -> Check:
-    """A data-parallel run of `world` ranks (NCCL on CUDA, with SyncBatchNorm; gloo on the CPU) through DDP."""
+RANKS_TIMEOUT_S = 300  # a 2-rank tiny run takes seconds; a process group can hang (seen once at teardown, torch 2.5)
+
+
+def check_ranks(world: int, device_type: str, data: Path, out: Path, timeout_s: float = RANKS_TIMEOUT_S) -> Check:
+    """A data-parallel run of `world` ranks (NCCL on CUDA, with SyncBatchNorm; gloo on the CPU) through DDP.
+
+    Ranks still running after timeout_s are stopped and the check fails: a hung rank must not hang the doctor.
+    """
     import torch.multiprocessing as mp
 
     with socket.socket() as s:  # a free port on the loopback for the rendezvous
@@ -185,8 +191,18 @@ def check_ranks(world: int, device_type: str, data: Path, out: Path) -> Check:
         port = s.getsockname()[1]
     backend = "nccl" if device_type == "cuda" else "gloo"
     name = f"{world}-rank {backend}"
+    args = (world, port, device_type, str(data), str(out))
+    context = mp.start_processes(_rank_main, args=args, nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
     try:
-        mp.spawn(_rank_main, args=(world, port, device_type, str(data), str(out)), nprocs=world, join=True)
+        while not context.join(timeout=0.5):
+            if time.monotonic() > deadline:
+                hung = ", ".join(str(rank) for rank, p in enumerate(context.processes) if p.is_alive())
+                for p in context.processes:
+                    p.kill()
+                    p.join()
+                detail = f"rank {hung} still running after {timeout_s:g} s: stopped (a hung process group)"
+                return Check(name, device_type, False, detail)
     except Exception as e:  # a rank's failure comes back as a ProcessRaisedException with its traceback
         return Check(name, device_type, False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}")
     saved = (out / "resnet5m_tiny.pt").is_file()

@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import inspect
 import io
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -42,6 +45,9 @@ from .weights import (
     load_weights,
     save_weights,
 )
+
+if TYPE_CHECKING:
+    import onnx
 
 FORMATS = ("fp16", "int8", "torchscript", "onnx")
 SUFFIXES = {"fp16": ".pt", "int8": ".pt", "torchscript": ".ts", "onnx": ".onnx"}
@@ -128,31 +134,53 @@ def _write_torchscript(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Modul
     return load_any(tmp).model
 
 
+def _onnx_dynamo(model: nn.Module, example: torch.Tensor, names: dict) -> onnx.ModelProto:
+    """The torch.export-based exporter (needs onnxscript; torch >= 2.13 runs it on the fast and best nets)."""
+    dynamic = ({0: torch.export.Dim("batch")},)
+    return torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, **names).model_proto
+
+
+def _onnx_torchscript(model: nn.Module, example: torch.Tensor, names: dict) -> onnx.ModelProto:
+    """The TorchScript-based exporter, in every torch this project supports (newer ones need dynamo=False)."""
+    import onnx
+
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+    chosen = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (example,), buffer, dynamic_axes=axes, opset_version=17, **chosen, **names)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _first_line(e: Exception) -> str:
+    """The exception's type and first line, without the terminal colours some exporter messages carry."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return f"{type(e).__name__}: {(text.splitlines() or [''])[0][:200]}"
+
+
 def _write_onnx(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module | None:
-    """Export with the torch.export-based exporter when onnxscript is present, else the TorchScript one."""
+    """Export with the torch.export-based exporter when onnxscript is present, else (or when it fails, as in
+    torch before 2.13) with the TorchScript-based one."""
     try:
         import onnx
     except ImportError as e:
         raise UserError(f"exporting ONNX needs the onnx package: {ONNX_HINT}") from e
     model, example = loaded.model.eval(), check_inputs(2)  # batch 2: a batch of 1 would be specialized
     names = {"input_names": ["input"], "output_names": ["logits"]}
-    dynamo = _has_module("onnxscript")
-    meta["onnx_exporter"] = "torch.export (dynamo=True)" if dynamo else "TorchScript-based (dynamo=False)"
-    try:
-        with quiet(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-            # Built in memory, then written by write_bytes below: the exporters' own writes would not go through staged().
-            if dynamo:
-                dynamic = ({0: torch.export.Dim("batch")},)
-                program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, **names)
-                proto = program.model_proto
-            else:
-                axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
-                buffer = io.BytesIO()
-                torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes, opset_version=17, **names)
-                proto = onnx.load_from_string(buffer.getvalue())
-    except Exception as e:  # exporter failures come as many types (version mismatches, unsupported ops)
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"ONNX export failed with the {meta['onnx_exporter']} exporter ({type(e).__name__}: {first})") from e
+    proto, failed = None, ""
+    # Both build the graph in memory; write_bytes below writes it (the exporters' own writes would not be staged).
+    with quiet(), contextlib.redirect_stdout(io.StringIO()):  # the exporters print their progress
+        if _has_module("onnxscript"):
+            try:
+                proto = _onnx_dynamo(model, example, names)
+                meta["onnx_exporter"] = "torch.export (dynamo=True)"
+            except Exception as e:  # exporter failures come as many types (version mismatches, unsupported ops)
+                failed = f"the torch.export exporter failed ({_first_line(e)}); "
+        if proto is None:
+            try:
+                proto = _onnx_torchscript(model, example, names)
+            except Exception as e:
+                raise UserError(f"ONNX export failed: {failed}the TorchScript-based exporter failed ({_first_line(e)})") from e
+            meta["onnx_exporter"] = "TorchScript-based (dynamo=False)" + (f"; {failed.rstrip('; ')}" if failed else "")
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
     onnx.checker.check_model(proto)
     write_bytes(tmp, proto.SerializeToString())

@@ -160,6 +160,12 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
+def test_the_package_imports_without_torchvision():
+    # torchvision takes about 2 s to import; every command would pay it, though few resize or download images.
+    code = "import sys, resnet5m.cli; print([m for m in sys.modules if m.split('.')[0] == 'torchvision'])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_pickled_model_is_one_stderr_line_in_a_real_process(tmp_path, protocol):
     # torch warns about protocol 4 before failing; only our line may reach the user

@@ -110,8 +110,11 @@ def test_colab_mode_trains_on_drive_and_resumes_after_a_disconnect(tmp_path: Pat
     env = colab_env(drive, cifar_dir)
     training = cell_index(nb, "notebook_run_config")
 
+    # The first run goes from the setup and data cells straight to training (as one who skips the plots would)
+    # and is cut off there; the second is a plain "Run all".
     first = copy.deepcopy(nb)
-    first.cells.insert(training, nbformat.v4.new_code_cell(DISCONNECT))
+    plots, settings = cell_index(nb, "ORIGINAL = plots.ORIGINAL_ACCURACY"), cell_index(nb, "TRAIN = False")
+    first.cells = [*nb.cells[:plots], *nb.cells[settings:training], nbformat.v4.new_code_cell(DISCONNECT), *nb.cells[training:]]
     with pytest.raises(DeadKernelError):
         execute(first, tmp_path / "notebooks", env)
     assert not errors(first)
@@ -119,13 +122,13 @@ def test_colab_mode_trains_on_drive_and_resumes_after_a_disconnect(tmp_path: Pat
     assert setup.index(f"Mounted at {drive}") < setup.index("resnet5m 0.1.0: already installed")  # Drive first
     assert "installing" not in setup  # step 1: nothing is pip-installed
     assert f"Google Drive: using {folder}" in code_text(first.cells[cell_index(first, "sources.mount_drive(")])
-    assert all((folder / "figures" / f"{name}.png").stat().st_size > 0 for name in FIGURES)
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (run / "resnet5m_tiny.pt").exists()  # cut off before the end
 
     second = copy.deepcopy(nb)
     execute(second, tmp_path / "notebooks", env)
     assert not errors(second)
+    assert all((folder / "figures" / f"{name}.png").stat().st_size > 0 for name in FIGURES)
     trained = code_text(second.cells[training])
     assert f"training arch tiny for 2 epochs in {run} (resuming after epoch 1 from checkpoint.pt)" in trained
     assert "epoch   2/2" in trained and "epoch   1/2" not in trained

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from .data import CLASSES
 from .errors import UserError
@@ -189,7 +188,12 @@ def pixels_of(image: object) -> torch.Tensor:
 
 def fit_size(images: torch.Tensor) -> torch.Tensor:
     """uint8 or float (..., 3, H, W) -> (..., 3, 32, 32), antialiased: how every image of other size is made to fit."""
-    return images if images.shape[-2:] == (SIZE, SIZE) else TF.resize(images, [SIZE, SIZE], antialias=True)
+    if images.shape[-2:] == (SIZE, SIZE):
+        return images
+    # Imported here: torchvision takes about 2 s to import, and `import resnet5m` (every command) needs none of it.
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.resize(images, [SIZE, SIZE], antialias=True)
 
 
 def has_transparency(image: object) -> bool:

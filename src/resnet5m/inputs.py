@@ -190,7 +190,7 @@ def fit_size(images: torch.Tensor) -> torch.Tensor:
     """uint8 or float (..., 3, H, W) -> (..., 3, 32, 32), antialiased: how every image of other size is made to fit."""
     if images.shape[-2:] == (SIZE, SIZE):
         return images
-    # Imported here: torchvision takes about 2 s to import, and `import resnet5m` (every command) needs none of it.
+    # Imported here, not at the top: torchvision takes about 2 s to import, and most commands never resize.
     from torchvision.transforms.v2 import functional as TF
 
     return TF.resize(images, [SIZE, SIZE], antialias=True)

@@ -129,8 +129,7 @@ def _write_torchscript(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Modul
         traced = torch.jit.trace(loaded.model.eval(), check_inputs(2))
         archive = io.BytesIO()  # in memory, then staged: torch's own zip writer hides a full disk (see atomic_save)
         torch.jit.save(traced, archive, _extra_files={META_KEY: json.dumps(meta)})
-    with archive.getbuffer() as data:  # released even when the write fails: see files.write_bytes
-        write_bytes(tmp, data)
+    write_bytes(tmp, archive)
     return load_any(tmp).model
 
 
@@ -166,7 +165,7 @@ def _write_onnx(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module | Non
         raise UserError(f"exporting ONNX needs the onnx package: {ONNX_HINT}") from e
     model, example = loaded.model.eval(), check_inputs(2)  # batch 2: a batch of 1 would be specialized
     names = {"input_names": ["input"], "output_names": ["logits"]}
-    proto, failed = None, ""
+    proto, failed = None, ""  # failed: why the torch.export-based exporter did not give the graph
     # Both build the graph in memory; write_bytes below writes it (the exporters' own writes would not be staged).
     with quiet(), contextlib.redirect_stdout(io.StringIO()):  # the exporters print their progress
         if _has_module("onnxscript"):
@@ -174,13 +173,14 @@ def _write_onnx(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module | Non
                 proto = _onnx_dynamo(model, example, names)
                 meta["onnx_exporter"] = "torch.export (dynamo=True)"
             except Exception as e:  # exporter failures come as many types (version mismatches, unsupported ops)
-                failed = f"the torch.export exporter failed ({_first_line(e)}); "
+                failed = f"the torch.export exporter failed ({_first_line(e)})"
         if proto is None:
             try:
                 proto = _onnx_torchscript(model, example, names)
             except Exception as e:
-                raise UserError(f"ONNX export failed: {failed}the TorchScript-based exporter failed ({_first_line(e)})") from e
-            meta["onnx_exporter"] = "TorchScript-based (dynamo=False)" + (f"; {failed.rstrip('; ')}" if failed else "")
+                first = f"{failed}; " if failed else ""
+                raise UserError(f"ONNX export failed: {first}the TorchScript-based exporter failed ({_first_line(e)})") from e
+            meta["onnx_exporter"] = "; ".join(filter(None, ["TorchScript-based (dynamo=False)", failed]))
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
     onnx.checker.check_model(proto)
     write_bytes(tmp, proto.SerializeToString())

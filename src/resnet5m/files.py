@@ -80,13 +80,15 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """data as the file at path, through staged(): all or nothing, a full disk or a read-only folder in one line.
-
-    A memoryview of a BytesIO passed here must be released by the caller (`with buffer.getbuffer() as data:`):
-    a failed write's traceback keeps it alive, and on Python 3.12.1 the garbage collector then crashed the process
-    when it freed the BytesIO before the view.
-    """
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview | io.BytesIO) -> None:
+    """data (bytes, or a whole BytesIO written without a copy) as the file at path, through staged(): all or
+    nothing, a full disk or a read-only folder in one line."""
+    if isinstance(data, io.BytesIO):
+        # The view is released here even when the write fails: a failed write's traceback kept it alive, and on
+        # Python 3.12.1 the garbage collector then crashed the process when it freed the BytesIO before the view.
+        with data.getbuffer() as view:
+            write_bytes(path, view)  # a memoryview writes like bytes
+        return
     with staged(Path(path)) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
@@ -105,5 +107,4 @@ def atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> No
     # and hides the OSError(ENOSPC) that staged() explains. The archive's inner folder is then always "archive".
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with buffer.getbuffer() as data:  # released even when the write fails: see write_bytes
-        write_bytes(path, data)
+    write_bytes(path, buffer)

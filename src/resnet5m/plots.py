@@ -36,8 +36,7 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
         path = Path(save)
         image = io.BytesIO()  # rendered in memory, then staged: a full disk never leaves half a PNG
         fig.savefig(image, format=path.suffix[1:] or "png", dpi=120)
-        with image.getbuffer() as data:  # released even when the write fails: see files.write_bytes
-            write_bytes(path, data)
+        write_bytes(path, image)
     return fig
 
 

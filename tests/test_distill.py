@@ -1,4 +1,5 @@
-"""Knowledge distillation: the loss against hand-computed values, alpha 0 as the plain loss, resume with a teacher."""
+"""Knowledge distillation: the loss against hand-computed values, alpha 0 as the plain loss, resume with a teacher,
+and the cached teacher logits of --kd-cache."""
 
 import hashlib
 import math
@@ -9,10 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from resnet5m.config import TrainConfig
+from resnet5m.data import model_input
 from resnet5m.distill import Teacher, distillation_loss
 from resnet5m.errors import UserError
 from resnet5m.model import build_model
 from resnet5m.runfolder import CHECKPOINT
+from resnet5m.runtime import autocast
 from resnet5m.train import Trainer, train
 from resnet5m.weights import save_weights
 
@@ -104,3 +107,44 @@ def test_the_teacher_sees_full_size_images_in_progressive_epochs(cifar_dir, tmp_
     trainer = Trainer(config(cifar_dir, tmp_path, teacher_file, epochs=2, progressive="16:1", subset=200))
     trainer.one_epoch()
     assert trainer.sizes == [16, 32] and set(seen) == {(32, 32)} and len(seen) == trainer.steps_per_epoch
+
+
+def test_cached_targets_are_the_teachers_logits_of_each_image_and_its_mirror(cifar_dir, tmp_path, teacher_file, monkeypatch):
+    calls = []
+    forward = Teacher.forward
+    monkeypatch.setattr(Teacher, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    trainer = Trainer(config(cifar_dir, tmp_path, teacher_file, epochs=1, subset=300, kd_cache=True))
+    teacher = Teacher(teacher_file, trainer.device)
+    with autocast(trainer.device, trainer.precision), torch.no_grad():
+        x = model_input(trainer.train_x, 32)
+        plain, mirrored = teacher.net(x).float(), teacher.net(x.flip(3)).float()
+    assert trainer.soft.shape == (300, 2, 10) and trainer.teacher is None
+    assert torch.allclose(trainer.soft[:, 0], plain, atol=1e-5) and torch.allclose(trainer.soft[:, 1], mirrored, atol=1e-5)
+    plan = trainer.epoch_plan(0)
+    idx, flip = plan["idx"][0], plan["flip"][0]
+    assert 0 < int(flip.sum()) < len(flip)  # both kinds of row in the batch
+    looked_up = trainer.soft_target(plan, 0, None, None, 32)
+    expected = torch.stack([(mirrored if f else plain)[i] for i, f in zip(idx.tolist(), flip.tolist(), strict=True)])
+    assert torch.allclose(looked_up, expected, atol=1e-5)
+    trainer.one_epoch()
+    assert calls == []  # the teacher never ran on a batch
+
+
+def test_cached_distillation_resumes_bitwise_and_is_recorded(cifar_dir, tmp_path, teacher_file):
+    kw = dict(subset=600, kd_cache=True)
+    train(config(cifar_dir, tmp_path / "straight", teacher_file, **kw))
+    first = Trainer(config(cifar_dir, tmp_path / "cut", teacher_file, **kw))
+    first.history.append(first.one_epoch())
+    first.epoch += 1
+    first.save_checkpoint()
+    del first
+    train(config(cifar_dir, tmp_path / "cut", teacher_file, resume=True, **kw))
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    saved = torch.load(tmp_path / "cut" / "resnet5m_tiny.pt", weights_only=True)["recipe"]
+    assert saved["kd_cache"] is True and saved["teacher_sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+    live = train(config(cifar_dir, tmp_path / "live", teacher_file, subset=600))  # the same run, teacher on each batch
+    assert live[-1]["train_loss"] != a["history"][-1]["train_loss"]
+    with pytest.raises(UserError, match="--kd-cache caches a teacher's logits: give --teacher"):
+        Trainer(config(cifar_dir, tmp_path / "none", "", kd_cache=True))

@@ -13,19 +13,27 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from resnet5m.config import TrainConfig
 from resnet5m.errors import UserError
+from resnet5m.model import build_model
 from resnet5m.train import SYNC_EVERY, Tally, Trainer
+from resnet5m.weights import save_weights
 
 TRAIN = importlib.import_module("resnet5m.train")  # the module: the package's `train` name is the function
 
+TEACHER = "teacher.pt"  # a teacher file, written into each test's tmp_path by config()
 RECIPES = {
     "ema": dict(ema=True, cutout=8, alternate_flip=True),
     "lookahead+muon": dict(lookahead=True, optimizer="muon", muon_lr=0.1, bn_bias_lr_scale=4),
+    "teacher": dict(teacher=TEACHER, progressive="16:1"),  # at 16 px the teacher gets its own 32-px input
+    "teacher, cached": dict(teacher=TEACHER, kd_cache=True),
 }
 
 
 def config(cifar_dir, out, **kw) -> TrainConfig:
     base = dict(arch="tiny", epochs=2, batch_size=8, lr=0.05, val_size=0, data_dir=str(cifar_dir), out=str(out),
                 quiet=True, download=False, precision="fp32")  # fmt: skip
+    if kw.get("teacher") == TEACHER:
+        kw["teacher"] = str(out / TEACHER)
+        save_weights(kw["teacher"], build_model("tiny"), "tiny", overwrite=True)
     return TrainConfig(**{**base, **kw})
 
 
@@ -69,7 +77,7 @@ def test_steps_run_on_the_meta_device(cifar_dir, tmp_path, recipe):
     trainer.scheduler.last_epoch = 3 * trainer.steps_per_epoch - 12  # so that the lookahead's first steps come up
     with CrossDeviceCopies() as copies:
         for i in range(20):
-            trainer.step(plan, i, 32, None, tally)
+            trainer.step(plan, i, trainer.sizes[0], None, tally)
     assert copies.copies == 0  # the plan, mean/std and the running figures are on the device already
     assert tally.loss_sum.is_meta and tally.bad_step.is_meta
     with pytest.raises(RuntimeError, match="meta"):
@@ -85,7 +93,7 @@ def test_an_epoch_reads_the_device_once_per_sync_interval(cifar_dir, tmp_path, r
     steps = trainer.steps_per_epoch
     assert steps == 26 and SYNC_EVERY == 50
     with SyncCounter() as counter:
-        row = trainer.train_epoch(0, 32)
+        row = trainer.train_epoch(0, trainer.sizes[0])
     # int(flag) at steps 5, 10, ..., 25 and at the end (the epoch's sums are read with .tolist(), not counted on the CPU)
     assert counter.syncs == steps // 5 + 1, counter.syncs
     assert 0 < row["train_loss"] < 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,11 @@ from resnet5m import plots
 from resnet5m.cli import main
 from resnet5m.design import write_csv
 from resnet5m.errors import UserError
-from resnet5m.model import ARCHS
+from resnet5m.model import ARCHS, build_model
 from resnet5m.runfolder import CHECKPOINT
 from resnet5m.sweep import SWEEP_COLUMNS, candidate_config, measured_sweeps, read_specs, read_sweep_csv, sweep, top_specs
 from resnet5m.train import Trainer
-from resnet5m.weights import load_weights
+from resnet5m.weights import load_weights, save_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPECS = ["resnet:1,1@16,32", "bottleneck:1,1@8,16"]
@@ -132,3 +133,15 @@ def test_the_measured_map_ships_with_the_package():
     assert ARCHS["seed"].spec in [r["spec"] for r in rows if r["note"] == "original"]
     assert {len(r["spec"].split("@")[1].split(",")) for r in rows} >= {3, 4}
     assert all(r["params"] < 5_000_000 and 0 < r["val_acc"] < 1 for r in rows)
+
+
+def test_sweep_distils_every_candidate_from_a_teacher(cifar_dir, tmp_path):
+    specs = tmp_path / "specs.txt"
+    specs.write_text(SPECS[0] + "\n")
+    teacher = tmp_path / "teacher.pt"
+    save_weights(teacher, build_model("tiny"), "tiny")
+    argv = sweep_argv(specs, cifar_dir, tmp_path / "sweep") + ["--teacher", str(teacher), "--kd-weight", "0.3", "--kd-cache"]
+    assert main(argv) == 0
+    recipe = load_weights(next((tmp_path / "sweep").glob("*/resnet5m_*.pt"))).meta["recipe"]
+    assert recipe["teacher_sha256"] == hashlib.sha256(teacher.read_bytes()).hexdigest()
+    assert recipe["kd_weight"] == 0.3 and recipe["kd_cache"] is True

@@ -3,7 +3,8 @@
 loss = (1 - a) * CE(student, labels; label smoothing) + a * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 (Hinton, Vinyals and Dean, 2015). T^2 keeps the soft term's gradients on the scale of the hard term's as T grows.
-The teacher sees the student's own augmented batch, in eval mode, without gradients, under the same autocast.
+The teacher sees the student's own augmented batch, in eval mode, without gradients, under the same autocast;
+or, with --kd-cache, each training image and its mirror image once, before training (`Teacher.cached_logits`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import model_input
 from .errors import UserError
 from .model import ResNet, fold_batchnorm
-from .runtime import prepare
+from .runtime import autocast, prepare
 from .weights import load_any
 
 
@@ -56,3 +58,18 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - always eval: its BN statistics are part of it
         return super().train(False)
+
+    @torch.no_grad()
+    def cached_logits(self, images: torch.Tensor, precision: str, batch_size: int = 500) -> torch.Tensor:
+        """fp32 logits (N, 2, classes) of uint8 images (N, 3, 32, 32): [:, 0] as they are, [:, 1] mirrored.
+
+        The targets of --kd-cache: a step looks up its images' row by flip and skips the teacher's forward pass. Crops
+        and cutout are not seen; at the fast recipe's 2-px crops the teacher's answer barely moves with them.
+        """
+        device = next(self.net.parameters()).device
+        rows = []
+        for chunk in images.split(batch_size):
+            x = model_input(chunk.to(device), 32)
+            with autocast(device, precision):
+                rows.append(torch.stack([self.net(x), self.net(x.flip(3))], 1).float())
+        return torch.cat(rows)

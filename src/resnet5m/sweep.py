@@ -158,7 +158,7 @@ def progress_text(row: dict) -> str:
 def cmd_sweep(args: argparse.Namespace) -> dict:
     specs = read_specs(args.specs) if args.specs else top_specs(args.top)
     given = {"batch_size": args.batch_size, "lr": args.lr, "teacher": args.teacher, "kd_weight": args.kd_weight,
-             "kd_temperature": args.kd_temperature}  # fmt: skip
+             "kd_temperature": args.kd_temperature, "kd_cache": args.kd_cache or None}  # fmt: skip
     overrides = {k: v for k, v in given.items() if v is not None}  # left out: the seed recipe's
     ranked = sweep(specs, args.out, args.epochs, args.size, subset=args.subset, val_size=args.val_size,
                    data_dir=args.data_dir, **overrides)  # fmt: skip
@@ -183,5 +183,6 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", help="distil every candidate from these weights (see `resnet5m train --teacher`)")
     p.add_argument("--kd-weight", type=float, help="with --teacher: weight of its soft targets (default: train's)")
     p.add_argument("--kd-temperature", type=float, help="with --teacher: temperature of its soft targets (default: train's)")
+    p.add_argument("--kd-cache", action="store_true", help="with --teacher: its logits computed once per candidate (see train)")
     p.add_argument("--out", required=True, help="sweep folder: one run folder per candidate, sweep.csv and sweep.png")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)

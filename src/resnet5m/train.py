@@ -113,7 +113,9 @@ class Trainer:
             configure_cuda(cfg.deterministic)
         self.out = Path(cfg.out)
         # Before the data and the seed: a missing teacher fails at once, and its loading draws nothing the run sees.
-        self.teacher = Teacher(cfg.teacher, self.device) if cfg.teacher else None
+        teacher = Teacher(cfg.teacher, self.device) if cfg.teacher else None
+        self.teacher_sha256 = teacher.sha256 if teacher else None
+        self.teacher = None if cfg.kd_cache else teacher  # the one that runs on each batch
         torch.manual_seed(cfg.seed)
         self.model = prepare(build_model(cfg.arch), self.device)
         for m in batchnorms(self.model):
@@ -124,6 +126,7 @@ class Trainer:
         # Padded once; each step gathers its crops from here. Kept on the training device.
         self.padded = augment.reflect_pad(self.train_x, cfg.crop_pad).to(self.device)
         self.train_y = self.train_y.to(self.device)
+        self.soft = self.cache_teacher(teacher) if cfg.kd_cache else None  # (n, 2 flips, classes) with --kd-cache
         n = len(self.train_y)
         # Alternating flips: every image is seen both ways within any two epochs, which random flips
         # leave to chance (half of the images would show the same side twice); matters most for short runs.
@@ -147,6 +150,16 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
 
+    def cache_teacher(self, teacher: Teacher) -> torch.Tensor:
+        """The teacher's logits for every training image, as is and mirrored, computed here once (and said how fast)."""
+        start = time.perf_counter()
+        soft = teacher.cached_logits(self.train_x, self.precision)
+        if self.dist.main:  # also when quiet: a one-off cost that a run's timing should show
+            seconds = time.perf_counter() - start
+            print(f"teacher logits cached: {2 * len(soft):,} views in {seconds:.1f} s ({2 * len(soft) / seconds:.0f} images/s)",
+                  flush=True)  # fmt: skip
+        return soft
+
     # --- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
         return {
@@ -160,7 +173,7 @@ class Trainer:
             "ema": self.ema.model.state_dict() if self.ema else None,
             "lookahead": self.lookahead.model.state_dict() if self.lookahead else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "teacher_sha256": self.teacher and self.teacher.sha256,
+            "teacher_sha256": self.teacher_sha256,
             "rng": self.rng_state(),
             "history": self.history,
         }
@@ -178,7 +191,7 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         state = read_run(self.out, self.cfg, self.device)
-        if state.get("teacher_sha256") != (self.teacher and self.teacher.sha256):
+        if state.get("teacher_sha256") != self.teacher_sha256:
             raise UserError(f"cannot resume {self.out}: --teacher {self.cfg.teacher} is not the file this run was distilled "
                             f"from (sha256 {state.get('teacher_sha256')}); pass that file")  # fmt: skip
         before = state["history"][-1].get("precision") if state["history"] else None
@@ -242,8 +255,7 @@ class Trainer:
         x = model_input(images, size)
         with autocast(self.device, self.precision):
             logits = self.net(x)
-            # The teacher sees the same augmented batch at full size: at a progressive epoch's 16 px it is far less right.
-            target = self.teacher(x if size == 32 else model_input(images, 32)) if self.teacher else None
+            target = self.soft_target(plan, i, images, x, size)
         loss = distillation_loss(logits.float(), target, y, weight=cfg.kd_weight, temperature=cfg.kd_temperature,
                                  label_smoothing=cfg.label_smoothing)  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
@@ -252,6 +264,17 @@ class Trainer:
             frozen.grad = None  # the optimizers skip a parameter without a gradient (DDP-safe, unlike requires_grad)
         self.update()
         tally.add(loss, logits, y, i)
+
+    def soft_target(
+        self, plan: dict[str, torch.Tensor], i: int, images: torch.Tensor, x: torch.Tensor, size: int
+    ) -> torch.Tensor | None:
+        """The teacher's logits for step i's batch (None without a teacher): looked up in the cache, or computed."""
+        if self.soft is not None:
+            return self.soft[plan["idx"][i], plan["flip"][i]]  # (B, classes): each image's row, by its flip
+        if self.teacher is None:
+            return None
+        # The teacher sees the same augmented batch at full size: at a progressive epoch's 16 px it is far less right.
+        return self.teacher(x if size == 32 else model_input(images, 32))
 
     def update(self) -> None:
         """Apply the gradients, then advance the schedule and the weight averages by one step."""
@@ -396,7 +419,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             cfg.arch,
             metrics=metrics,
             # the precision used, not "auto"; the teacher by content, not only by path
-            recipe={**asdict(cfg), "precision": trainer.precision, "teacher_sha256": trainer.teacher and trainer.teacher.sha256},
+            recipe={**asdict(cfg), "precision": trainer.precision, "teacher_sha256": trainer.teacher_sha256},
             history=history,
             extra=extra,
             overwrite=True,

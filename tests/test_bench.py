@@ -1,8 +1,10 @@
+import hashlib
 import json
 import tempfile
 
 from resnet5m.bench import main
-from resnet5m.weights import load_weights
+from resnet5m.model import build_model
+from resnet5m.weights import load_weights, save_weights
 
 
 def test_pipeline_reports_step_times(capsys):
@@ -44,3 +46,16 @@ def test_time_to_accuracy_takes_the_gpu_overrides(cifar_dir, tmp_path, capsys):
     assert "--batch-size 50 --lr 0.1" in out["command"] and out["compile"] is False
     recipe = load_weights(tmp_path / "resnet5m_tiny.pt").meta["recipe"]
     assert (recipe["batch_size"], recipe["lr"], recipe["compile"]) == (50, 0.1, False)
+
+
+def test_time_to_accuracy_distils_with_the_teacher_given(cifar_dir, tmp_path, capsys):
+    teacher = tmp_path / "teacher.pt"
+    save_weights(teacher, build_model("tiny"), "tiny")
+    argv = ["time-to-accuracy", "--arch", "tiny", "--epochs", "1", "--teacher", str(teacher), "--kd-weight", "0.25",
+            "--kd-cache", "--data-dir", str(cifar_dir), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"--teacher {teacher} --kd-weight 0.25 --kd-cache" in json.loads(captured.out)["command"]
+    assert "teacher logits cached: " in captured.err  # the one-off pass is part of the wall-clock, and said
+    recipe = load_weights(tmp_path / "run" / "resnet5m_tiny.pt").meta["recipe"]
+    assert recipe["teacher_sha256"] == hashlib.sha256(teacher.read_bytes()).hexdigest() and recipe["kd_cache"] is True

@@ -153,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=positive_int, help="override the preset's batch size (give --lr with it)")
     p.add_argument("--lr", type=float, help="override the preset's peak learning rate")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (GPU runs)")
+    p.add_argument("--teacher", help="distil from these weights (see `resnet5m train --teacher`)")
+    p.add_argument("--kd-weight", type=fraction, help="with --teacher: weight of its soft targets (default: train's)")
+    p.add_argument("--kd-temperature", type=float, help="with --teacher: temperature of its soft targets (default: train's)")
+    p.add_argument("--kd-cache", action=argparse.BooleanOptionalAction, help="with --teacher: its logits computed once")
     args = parser.parse_args(argv)
     try:
         if args.command == "pipeline":
             out = pipeline(args.arch, args.batch_size, args.size, args.steps, args.device)
         else:
-            names = ("epochs", "progressive", "device", "batch_size", "lr", "compile")
+            names = ("epochs", "progressive", "device", "batch_size", "lr", "compile", "teacher", "kd_weight", "kd_temperature",
+                     "kd_cache")  # fmt: skip
             overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
             out = time_to_accuracy(args.arch, args.target, args.seed, args.data_dir, args.out, **overrides)
         print(json.dumps(out))

@@ -47,8 +47,11 @@ class TrainConfig:
     teacher: str = _f("", "knowledge distillation: weights of a trained teacher (any format `evaluate` reads; empty: none)")
     kd_weight: float = _f(0.5, "with --teacher: weight a of the teacher's soft targets, (1-a) for the labels")
     kd_temperature: float = _f(4.0, "with --teacher: softmax temperature T of the soft targets (their term is scaled by T^2)")
-    kd_cache: bool = _f(False, "with --teacher: its logits computed once, before training, for each training image and "
-                        "its mirror image (no crops, no cutout), instead of on every augmented batch: nearly free per step")  # fmt: skip
+    kd_cache: bool = _f(
+        False,
+        "with --teacher: its logits computed once, before training, for each training image and its mirror image "
+        "(no crops, no cutout), instead of on every augmented batch: nearly free per step",
+    )
     tta: bool = _f(True, "flip test-time augmentation at evaluation")
     tta_shift: int = _f(0, "also evaluate copies shifted diagonally by N pixels and average (0: off)")
     val_size: int = _f(5000, "hold out the last N training images for validation (0: train on all)")

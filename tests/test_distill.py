@@ -117,7 +117,7 @@ def test_cached_targets_are_the_teachers_logits_of_each_image_and_its_mirror(cif
     teacher = Teacher(teacher_file, trainer.device)
     with autocast(trainer.device, trainer.precision), torch.no_grad():
         x = model_input(trainer.train_x, 32)
-        plain, mirrored = teacher.net(x).float(), teacher.net(x.flip(3)).float()
+        plain, mirrored = teacher(x).float(), teacher(x.flip(3)).float()
     assert trainer.soft.shape == (300, 2, 10) and trainer.teacher is None
     assert torch.allclose(trainer.soft[:, 0], plain, atol=1e-5) and torch.allclose(trainer.soft[:, 1], mirrored, atol=1e-5)
     plan = trainer.epoch_plan(0)
@@ -126,6 +126,7 @@ def test_cached_targets_are_the_teachers_logits_of_each_image_and_its_mirror(cif
     looked_up = trainer.soft_target(plan, 0, None, None, 32)
     expected = torch.stack([(mirrored if f else plain)[i] for i, f in zip(idx.tolist(), flip.tolist(), strict=True)])
     assert torch.allclose(looked_up, expected, atol=1e-5)
+    calls.clear()  # the cache's pass and the reference above
     trainer.one_epoch()
     assert calls == []  # the teacher never ran on a batch
 
@@ -148,3 +149,20 @@ def test_cached_distillation_resumes_bitwise_and_is_recorded(cifar_dir, tmp_path
     assert live[-1]["train_loss"] != a["history"][-1]["train_loss"]
     with pytest.raises(UserError, match="--kd-cache caches a teacher's logits: give --teacher"):
         Trainer(config(cifar_dir, tmp_path / "none", "", kd_cache=True))
+
+
+def test_an_ensemble_teacher_gives_its_members_mean_logits(cifar_dir, tmp_path, teacher_file):
+    other = tmp_path / "other.pt"
+    save_weights(other, build_model("tiny"), "tiny")  # an untrained member: far from the trained one
+    x = model_input(torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8), 32)
+    cpu = torch.device("cpu")
+    one, two = Teacher(teacher_file, cpu), Teacher(other, cpu)
+    both = Teacher(f"{teacher_file}, {other}", cpu)  # spaces after the comma are allowed
+    assert torch.allclose(both(x), (one(x) + two(x)) / 2, atol=1e-6) and not torch.allclose(both(x), one(x), atol=1e-3)
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (teacher_file, other)]
+    assert one.sha256 == digest[0] and both.sha256 == ",".join(digest)
+    history = train(config(cifar_dir, tmp_path / "run", f"{teacher_file},{other}", epochs=1, subset=200, kd_cache=True))
+    assert math.isfinite(history[0]["train_loss"])
+    assert torch.load(tmp_path / "run" / "resnet5m_tiny.pt", weights_only=True)["recipe"]["teacher_sha256"] == both.sha256
+    with pytest.raises(UserError, match="--teacher .*gone.pt: no such file"):
+        Teacher(f"{teacher_file},{tmp_path / 'gone.pt'}", cpu)

@@ -44,7 +44,11 @@ class TrainConfig:
     lookahead: bool = _f(False, "every 5 steps after epoch 3, pull an average of the weights towards them and go on from it")
     bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (PyTorch's: the newest batch's weight)")
     whiten_bias_epochs: int = _f(0, "fast/best nets: learn the whitening bias for the first N epochs only (0: always)")
-    teacher: str = _f("", "knowledge distillation: weights of a trained teacher (any format `evaluate` reads; empty: none)")
+    teacher: str = _f(
+        "",
+        "knowledge distillation: weights of a trained teacher (any format `evaluate` reads), or several joined by commas "
+        "for an ensemble, whose logits are averaged (empty: none)",
+    )
     kd_weight: float = _f(0.5, "with --teacher: weight a of the teacher's soft targets, (1-a) for the labels")
     kd_temperature: float = _f(4.0, "with --teacher: softmax temperature T of the soft targets (their term is scaled by T^2)")
     kd_cache: bool = _f(

@@ -37,24 +37,26 @@ def distillation_loss(
 
 
 class Teacher(nn.Module):
-    """A trained network from any weights file `evaluate` reads, frozen in eval mode on the training device."""
+    """A trained network, or an ensemble of them, from weights files `evaluate` reads, frozen in eval mode.
 
-    def __init__(self, path: str | os.PathLike, device: torch.device) -> None:
+    paths: one file, or several joined by commas, whose logits are averaged (an ensemble's targets are better than
+    its members'). sha256 is the file's, or the members' joined by commas.
+    """
+
+    def __init__(self, paths: str | os.PathLike, device: torch.device) -> None:
         super().__init__()
-        if not Path(path).is_file():  # said here: load_any's own message would point at --weights
-            raise UserError(f"--teacher {path}: no such file; give the weights file of a trained network")
-        loaded = load_any(path)
-        if loaded.cpu_only and device.type != "cpu":
-            raise UserError(f"teacher {path} is a {loaded.format} model, which runs on the CPU only; "
-                            "give an fp32 or fp16 weights file as --teacher")  # fmt: skip
-        net = loaded.model.eval()
-        # BatchNorm folded into the convs: the same eval-mode numerics, about 14% faster on the CPU.
-        self.net = prepare(fold_batchnorm(net) if isinstance(net, ResNet) else net, device).requires_grad_(False)
-        self.sha256, self.arch = loaded.sha256, loaded.arch
+        files = [p.strip() for p in str(paths).split(",") if p.strip()]
+        if not files:
+            raise UserError("--teacher is empty; give the weights file of a trained network")
+        members = [_member(path, device) for path in files]
+        self.nets = nn.ModuleList(net for net, _ in members)
+        self.sha256 = ",".join(sha for _, sha in members)
 
     @torch.no_grad()  # not inference_mode: the logits are a target that the loss's backward keeps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if len(self.nets) == 1:
+            return self.nets[0](x)
+        return torch.stack([net(x).float() for net in self.nets]).mean(0)  # in fp32: bf16 would round the mean
 
     def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - always eval: its BN statistics are part of it
         return super().train(False)
@@ -66,10 +68,23 @@ class Teacher(nn.Module):
         The targets of --kd-cache: a step looks up its images' row by flip and skips the teacher's forward pass. Crops
         and cutout are not seen; at the fast recipe's 2-px crops the teacher's answer barely moves with them.
         """
-        device = next(self.net.parameters()).device
+        device = next(self.parameters()).device
         rows = []
         for chunk in images.split(batch_size):
             x = model_input(chunk.to(device), 32)
             with autocast(device, precision):
-                rows.append(torch.stack([self.net(x), self.net(x.flip(3))], 1).float())
+                rows.append(torch.stack([self(x), self(x.flip(3))], 1).float())
         return torch.cat(rows)
+
+
+def _member(path: str, device: torch.device) -> tuple[nn.Module, str]:
+    """(the frozen eval-mode network of one teacher file on the device, the file's sha256)."""
+    if not Path(path).is_file():  # said here: load_any's own message would point at --weights
+        raise UserError(f"--teacher {path}: no such file; give the weights file of a trained network")
+    loaded = load_any(path)
+    if loaded.cpu_only and device.type != "cpu":
+        raise UserError(f"teacher {path} is a {loaded.format} model, which runs on the CPU only; "
+                        "give an fp32 or fp16 weights file as --teacher")  # fmt: skip
+    net = loaded.model.eval()
+    # BatchNorm folded into the convs: the same eval-mode numerics, about 14% faster on the CPU.
+    return prepare(fold_batchnorm(net) if isinstance(net, ResNet) else net, device).requires_grad_(False), loaded.sha256

@@ -3,6 +3,7 @@ import json
 import tempfile
 
 from resnet5m.bench import main
+from resnet5m.cli import main as cli_main
 from resnet5m.model import build_model
 from resnet5m.weights import load_weights, save_weights
 
@@ -59,3 +60,24 @@ def test_time_to_accuracy_distils_with_the_teacher_given(cifar_dir, tmp_path, ca
     assert "teacher logits cached: " in captured.err  # the one-off pass is part of the wall-clock, and said
     recipe = load_weights(tmp_path / "run" / "resnet5m_tiny.pt").meta["recipe"]
     assert recipe["teacher_sha256"] == hashlib.sha256(teacher.read_bytes()).hexdigest() and recipe["kd_cache"] is True
+
+
+def test_teacher_check_scores_a_teacher_and_an_ensemble_on_validation(cifar_dir, tmp_path, capsys):
+    trained = tmp_path / "trained"
+    argv = ["time-to-accuracy", "--arch", "tiny", "--epochs", "2", "--data-dir", str(cifar_dir), "--out", str(trained)]
+    assert main(argv) == 0  # trained on all 1,000 images: no validation split held out
+    untrained = tmp_path / "untrained.pt"
+    save_weights(untrained, build_model("tiny"), "tiny")
+    capsys.readouterr()
+    rows = []
+    for teacher in (f"{trained}/resnet5m_tiny.pt", f"{trained}/resnet5m_tiny.pt,{untrained}"):
+        assert main(["teacher", "--teacher", teacher, "--val-size", "300", "--data-dir", str(cifar_dir)]) == 0
+        rows.append(json.loads(capsys.readouterr().out))
+    one, ensemble = rows
+    assert one["members"] == 1 and ensemble["members"] == 2 and one["val_n"] == 300 and one["images_per_s"] > 0
+    assert one["held_out"] == [False] and ensemble["held_out"] == [False, None]  # the untrained file says nothing
+    evaluate = ["evaluate", "--weights", f"{trained}/resnet5m_tiny.pt", "--split", "val", "--val-size", "300", "--no-tta"]
+    assert cli_main(evaluate + ["--data-dir", str(cifar_dir), "--json"]) == 0
+    one_view = json.loads(capsys.readouterr().out)
+    assert abs(one["val_acc"] - one_view["accuracy"]) <= 2 / 300  # BatchNorm folded: an argmax tie may flip
+    assert one["val_acc"] != ensemble["val_acc"] or one["val_acc_mirrored"] != ensemble["val_acc_mirrored"]

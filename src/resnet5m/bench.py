@@ -4,7 +4,8 @@
 overhead is measured, not guessed. `time-to-accuracy` trains an arch's preset recipe on all 50,000
 training images, evaluates the test split once at the end, and reports the wall-clock and whether
 the target accuracy was reached (the recipe is fixed in advance, as in the public speed runs: the
-test split is not watched during training).
+test split is not watched during training). `teacher` scores a `--teacher` (one file or an ensemble) on the
+validation split in the views that `--kd-cache` computes, and times that pass.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import torch.nn.functional as F
 
 from . import augment
 from .argtypes import fraction, positive_int
+from .calibration import held_out
 from .config import command_line, recipe, weights_name
-from .data import DATA_DIR_HELP, model_input
+from .data import DATA_DIR_HELP, VAL_SIZE, load_split, model_input
+from .distill import Teacher
 from .errors import UserError
 from .model import build_model
-from .runtime import autocast, pick_device, prepare
+from .runtime import autocast, pick_device, prepare, resolve_precision
 from .train import train
 from .weights import load_weights
 
@@ -131,6 +134,30 @@ def time_to_accuracy(arch: str, target: float, seed: int, data_dir: str | None, 
     }  # fmt: skip
 
 
+def teacher_check(teacher: str, data_dir: str | None, val_size: int = VAL_SIZE, device: str = "auto") -> dict:
+    """A teacher's (or an ensemble's) accuracy on the val split, in the views --kd-cache computes, and that pass's speed.
+
+    The soft targets are single views (the image as is, and mirrored), so these are one-view figures; their mean is
+    flip TTA. held_out says, per member, whether its training kept these images out (None: its file does not say).
+    """
+    dev = pick_device(device)
+    precision = resolve_precision(dev, "auto")
+    net = Teacher(teacher, dev)
+    images, labels = load_split("val", data_dir, download_missing=False, val_size=val_size)
+    net.cached_logits(images[:100], precision)  # warm-up: the first batches pay for kernel choices
+    start = time.perf_counter()
+    logits = net.cached_logits(images, precision)  # (n, 2, classes)
+    seconds = time.perf_counter() - start
+    right = (logits.argmax(2) == labels[:, None]).float()  # (n, 2)
+    return {
+        "teacher": teacher, "sha256": net.sha256, "members": len(net.nets), "val_n": len(labels),
+        "held_out": [held_out(meta, val_size) for meta in net.metas],
+        "val_acc": round(right[:, 0].mean().item(), 6), "val_acc_mirrored": round(right[:, 1].mean().item(), 6),
+        "val_acc_flip_tta": round((logits.mean(1).argmax(1) == labels).float().mean().item(), 6),
+        "images_per_s": round(2 * len(labels) / seconds, 1), "device": str(dev), "precision": precision,
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnet5m.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,10 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kd-weight", type=fraction, help="with --teacher: weight of its soft targets (default: train's)")
     p.add_argument("--kd-temperature", type=float, help="with --teacher: temperature of its soft targets (default: train's)")
     p.add_argument("--kd-cache", action=argparse.BooleanOptionalAction, help="with --teacher: its logits computed once")
+    p = sub.add_parser("teacher", help="a --teacher's accuracy on the val split and the speed of its --kd-cache pass")
+    p.add_argument("--teacher", required=True, help="weights file, or several joined by commas (an ensemble)")
+    p.add_argument("--val-size", type=positive_int, default=VAL_SIZE, help=f"the last N training images (default: {VAL_SIZE})")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     try:
         if args.command == "pipeline":
             out = pipeline(args.arch, args.batch_size, args.size, args.steps, args.device)
+        elif args.command == "teacher":
+            out = teacher_check(args.teacher, args.data_dir, args.val_size, args.device)
         else:
             names = ("epochs", "progressive", "device", "batch_size", "lr", "compile", "teacher", "kd_weight", "kd_temperature",
                      "kd_cache")  # fmt: skip

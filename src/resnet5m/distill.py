@@ -20,7 +20,7 @@ from .data import model_input
 from .errors import UserError
 from .model import ResNet, fold_batchnorm
 from .runtime import autocast, prepare
-from .weights import load_any
+from .weights import LoadedModel, load_any
 
 
 def distillation_loss(
@@ -50,7 +50,8 @@ class Teacher(nn.Module):
             raise UserError("--teacher is empty; give the weights file of a trained network")
         members = [_member(path, device) for path in files]
         self.nets = nn.ModuleList(net for net, _ in members)
-        self.sha256 = ",".join(sha for _, sha in members)
+        self.sha256 = ",".join(loaded.sha256 for _, loaded in members)
+        self.metas = [loaded.meta for _, loaded in members]  # what each file records (its training split, ...)
 
     @torch.no_grad()  # not inference_mode: the logits are a target that the loss's backward keeps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,8 +78,8 @@ class Teacher(nn.Module):
         return torch.cat(rows)
 
 
-def _member(path: str, device: torch.device) -> tuple[nn.Module, str]:
-    """(the frozen eval-mode network of one teacher file on the device, the file's sha256)."""
+def _member(path: str, device: torch.device) -> tuple[nn.Module, LoadedModel]:
+    """(the frozen eval-mode network of one teacher file on the device, the file as loaded)."""
     if not Path(path).is_file():  # said here: load_any's own message would point at --weights
         raise UserError(f"--teacher {path}: no such file; give the weights file of a trained network")
     loaded = load_any(path)
@@ -87,4 +88,4 @@ def _member(path: str, device: torch.device) -> tuple[nn.Module, str]:
                         "give an fp32 or fp16 weights file as --teacher")  # fmt: skip
     net = loaded.model.eval()
     # BatchNorm folded into the convs: the same eval-mode numerics, about 14% faster on the CPU.
-    return prepare(fold_batchnorm(net) if isinstance(net, ResNet) else net, device).requires_grad_(False), loaded.sha256
+    return prepare(fold_batchnorm(net) if isinstance(net, ResNet) else net, device).requires_grad_(False), loaded

@@ -39,8 +39,8 @@ def distillation_loss(
 class Teacher(nn.Module):
     """A trained network, or an ensemble of them, from weights files `evaluate` reads, frozen in eval mode.
 
-    paths: one file, or several joined by commas, whose logits are averaged (an ensemble's targets are better than
-    its members'). sha256 is the file's, or the members' joined by commas.
+    paths: one file, or several joined by commas, whose logits are averaged (an ensemble of the
+    members). sha256 is the file's, or the members' joined by commas.
     """
 
     def __init__(self, paths: str | os.PathLike, device: torch.device) -> None:
@@ -67,7 +67,7 @@ class Teacher(nn.Module):
         """fp32 logits (N, 2, classes) of uint8 images (N, 3, 32, 32): [:, 0] as they are, [:, 1] mirrored.
 
         The targets of --kd-cache: a step looks up its images' row by flip and skips the teacher's forward pass. Crops
-        and cutout are not seen; at the fast recipe's 2-px crops the teacher's answer barely moves with them.
+        and cutout are not seen: the teacher's answer for the whole image stands in for each crop's.
         """
         device = next(self.parameters()).device
         rows = []

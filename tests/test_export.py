@@ -20,6 +20,7 @@ from resnet5m.cli import main
 from resnet5m.data import load_split, normalize
 from resnet5m.errors import UserError
 from resnet5m.evaluate import evaluate
+from resnet5m.files import sha256_of
 from resnet5m.model import build_model
 from resnet5m.weights import formats, load_weights, save_weights
 
@@ -92,6 +93,20 @@ def test_fp16_round_trip(tiny_weights: Path, data_dir: Path, tmp_path: Path, cap
     assert state["conv1.weight"].dtype == torch.float16
     evaluated = _evaluate(out, capsys, data_dir)
     assert (evaluated["format"], evaluated["arch"], evaluated["n"]) == ("fp16", "tiny", N_TEST)
+
+
+def test_fp16_keeps_the_training_record(data_dir: Path, tmp_path: Path, capsys) -> None:
+    torch.manual_seed(0)
+    source = tmp_path / "resnet5m_tiny.pt"
+    history = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.625}]
+    record = {"command": "resnet5m train --arch tiny --epochs 2", "seed": 3, "data": {"train_images": 64, "val_images": 16}}
+    save_weights(source, randomized(build_model("tiny")), "tiny", history=history, extra=record)
+    out = tmp_path / "tiny_fp16.pt"
+    _export(source, "fp16", out, capsys, data_dir)
+    saved = torch.load(out, weights_only=True)
+    assert saved["history"] == history
+    assert {k: saved[k] for k in record} == record
+    assert saved["export"]["source_sha256"] == sha256_of(source)
 
 
 def test_int8_round_trip(tiny_weights: Path, data_dir: Path, tmp_path: Path, capsys) -> None:

@@ -100,10 +100,15 @@ def _compare(reference: nn.Module, candidate: nn.Module, x: torch.Tensor) -> tup
 # ---------------------------------------------------------------- writers, one per format
 
 
+# What train records about a run beside the weights; an fp16 copy keeps it, so that it can replace its source.
+TRAINING_RECORD = ("command", "seed", "data")
+
+
 def _write_fp16(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module:
+    record = {k: loaded.meta[k] for k in TRAINING_RECORD if k in loaded.meta}
     save_weights(
         tmp, loaded.model, loaded.arch, metrics=loaded.meta.get("metrics"), recipe=loaded.meta.get("recipe"),
-        extra={"export": meta}, half=True, overwrite=True,
+        history=loaded.meta.get("history"), extra={**record, "export": meta}, half=True, overwrite=True,
     )  # fmt: skip
     return load_weights(tmp).model.eval()
 

@@ -22,11 +22,9 @@ from .data import DATA_DIR_HELP, VAL_SIZE, load_split
 from .errors import UserError
 from .evaluate import ECE_BINS, batched_logits, expected_calibration_error, recipe_views, views_text
 from .inputs import read_inputs
-from .weights import open_weights, save_weights
+from .weights import carried_over, open_weights, save_weights
 
 T_RANGE = (0.05, 20.0)  # a fitted T outside this is a sign of a bad fit (seen or too few images), not a calibration
-# Keys save_weights writes itself; everything else in the source file's metadata is carried over.
-_REWRITTEN = {"format", "format_version", "arch", "config", "params", "metrics", "recipe", "history", "torch_version", "created"}
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -135,7 +133,7 @@ def calibrate(
         "images": what, "n": len(labels), "tta": tta, "tta_shift": shift, "held_out_in_training": seen,
         "before": before, "after": after, "source_sha256": loaded.sha256,
     }  # fmt: skip
-    extra = {k: v for k, v in loaded.meta.items() if k not in _REWRITTEN}
+    extra = carried_over(loaded.meta)
     digest = save_weights(
         out, loaded.model, loaded.arch, metrics=loaded.meta.get("metrics"), recipe=loaded.meta.get("recipe"),
         history=loaded.meta.get("history"), extra={**extra, "temperature": temperature, "calibration": record},

@@ -40,6 +40,7 @@ from .weights import (
     META_KEY,
     ONNX_HINT,
     LoadedWeights,
+    carried_over,
     default_weights,
     load_any,
     load_weights,
@@ -100,15 +101,11 @@ def _compare(reference: nn.Module, candidate: nn.Module, x: torch.Tensor) -> tup
 # ---------------------------------------------------------------- writers, one per format
 
 
-# What train records about a run beside the weights; an fp16 copy keeps it, so that it can replace its source.
-TRAINING_RECORD = ("command", "seed", "data")
-
-
 def _write_fp16(loaded: LoadedWeights, tmp: Path, meta: dict) -> nn.Module:
-    record = {k: loaded.meta[k] for k in TRAINING_RECORD if k in loaded.meta}
+    # The source's history and own records (training command, seed, ...) too, so the copy can stand in for it.
     save_weights(
         tmp, loaded.model, loaded.arch, metrics=loaded.meta.get("metrics"), recipe=loaded.meta.get("recipe"),
-        history=loaded.meta.get("history"), extra={**record, "export": meta}, half=True, overwrite=True,
+        history=loaded.meta.get("history"), extra={**carried_over(loaded.meta), "export": meta}, half=True, overwrite=True,
     )  # fmt: skip
     return load_weights(tmp).model.eval()
 

@@ -18,10 +18,7 @@ from .data import DATA_DIR_HELP, load_split
 from .errors import UserError
 from .evaluate import evaluate, recipe_views
 from .runtime import pick_device, prepare
-from .weights import MANIFEST, entry_for, load_weights, save_weights
-
-# Keys save_weights writes itself; everything else in the source file's metadata is carried over.
-_REWRITTEN = {"format", "format_version", "arch", "config", "params", "metrics", "recipe", "history", "torch_version", "created"}
+from .weights import MANIFEST, carried_over, entry_for, load_weights, save_weights
 
 
 def publish(
@@ -52,7 +49,7 @@ def publish(
     metrics["test_tta_shift"] = shift
     if tta:  # the plain figure too, for readers comparing with results reported without TTA
         metrics["test_acc_no_tta"] = evaluate(model, images, labels, device=dev, precision=precision, progress=False).accuracy
-    extra = {k: v for k, v in meta.items() if k not in _REWRITTEN}
+    extra = carried_over(meta)
     extra["trained"] = meta.get("created")
     digest = save_weights(
         out,

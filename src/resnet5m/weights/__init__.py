@@ -15,7 +15,7 @@ from .formats import INT8_FORMAT, INT8_FORMAT_VERSION, META_KEY, ONNX_HINT, Load
 from .manifest import MANIFEST, Shipped, entry_for
 from .read import LoadedWeights, load_weights, read_checkpoint
 from .shipped import REPO, REPO_URL, URL_ENV, checkout_candidates, default_weights, raw_weights_url, shipped_file
-from .write import save_weights
+from .write import carried_over, save_weights
 
 __all__ = [
     "INT8_FORMAT",
@@ -38,6 +38,7 @@ __all__ = [
     "open_weights",
     "raw_weights_url",
     "read_checkpoint",
+    "carried_over",
     "save_weights",
     "shipped_file",
 ]

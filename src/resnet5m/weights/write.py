@@ -12,6 +12,14 @@ from ..files import atomic_save, sha256_of
 from ..model import ArchConfig, arch_name, count_params
 from .layout import FORMAT, FORMAT_VERSION, unwrap_state_dict
 
+# The keys save_weights writes itself; a rewrite of a file (publish, calibrate, an fp16 export) carries the others over.
+WRITTEN = {"format", "format_version", "arch", "config", "params", "metrics", "recipe", "history", "torch_version", "created"}
+
+
+def carried_over(meta: dict) -> dict:
+    """A source file's own records (training command, seed, data sizes, temperature, ...) for a rewrite of it to keep."""
+    return {k: v for k, v in meta.items() if k not in WRITTEN}
+
 
 def save_weights(
     path: str | os.PathLike,
